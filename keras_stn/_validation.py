@@ -1,0 +1,76 @@
+"""Argument checks shared by the public functions and layers.
+
+Every check raises with a message that names the argument, says what was expected and ends in
+"Got <what was given>", so a user can fix the call without reading the source.
+"""
+
+import numbers
+
+import keras
+from keras import ops
+
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
+PADDING_MODES = ("zeros", "border", "reflection")
+DATA_FORMATS = ("channels_last", "channels_first")
+
+
+def check_choice(name, value, choices):
+    """Returns `value` if it is one of `choices`, else raises a `ValueError` listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {', '.join(repr(c) for c in choices)}. Got {name}={value!r}"
+        )
+    return value
+
+
+def standardize_data_format(data_format):
+    """`None` means `keras.config.image_data_format()`; anything else must be a valid name."""
+    if data_format is None:
+        return keras.config.image_data_format()
+    return check_choice("data_format", data_format, DATA_FORMATS)
+
+
+def check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool. Got {name}={value!r}")
+    return value
+
+
+def check_size(name, size):
+    """Validates a spatial size `(H, W)` of positive Python ints and returns it as a tuple."""
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 2:
+        raise ValueError(f"`{name}` must be a pair (height, width) of positive integers. Got {name}={size!r}")
+    out = []
+    for value in size:
+        is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if not is_int:
+            raise TypeError(
+                f"`{name}` must be a pair (height, width) of positive integers. Got {name}={size!r} "
+                f"containing {value!r} of type {type(value).__name__}"
+            )
+        if value <= 0:
+            raise ValueError(f"`{name}` must be a pair (height, width) of positive integers. Got {name}={size!r}")
+        out.append(int(value))
+    return tuple(out)
+
+
+def dtype_name(x):
+    return keras.backend.standardize_dtype(x.dtype)
+
+
+def check_floating(name, x):
+    """Raises a `TypeError` unless `x` has a floating dtype."""
+    dtype = dtype_name(x)
+    if "float" not in dtype:
+        raise TypeError(
+            f"`{name}` must have a floating dtype (float16, bfloat16, float32 or float64). "
+            f"Got {name} with dtype {dtype}"
+        )
+    return dtype
+
+
+def check_rank(name, x, rank, layout):
+    shape = tuple(x.shape)
+    if len(shape) != rank:
+        raise ValueError(f"`{name}` must be a rank-{rank} tensor {layout}. Got {name} with shape {shape}")
+    return shape

@@ -1,0 +1,101 @@
+"""Sampling grids: where each output pixel reads from in the input.
+
+A grid has shape `(B, H_out, W_out, 2)`; its last axis holds `(x, y)` in the normalised frame
+where `-1` and `+1` are the left/top and right/bottom edges of the input (see `align_corners`).
+"""
+
+from keras import ops
+
+from keras_stn import _validation as v
+
+
+def compute_dtype(dtype):
+    """Half precision is too coarse for pixel coordinates (a 224-wide image needs ~1/8-pixel
+    resolution at its right edge), so coordinates and weights are computed in float32 there."""
+    return "float32" if dtype in ("float16", "bfloat16") else dtype
+
+
+def check_theta(theta, name="theta", rows=2):
+    """Returns `theta` as a `(B, rows, rows + 1)` tensor; accepts that shape or `(B, rows*(rows+1))`."""
+    theta = ops.convert_to_tensor(theta)
+    cols = rows + 1
+    shape = tuple(theta.shape)
+    flat_ok = len(shape) == 2 and shape[1] == rows * cols
+    matrix_ok = len(shape) == 3 and shape[1:] == (rows, cols)
+    if not (flat_ok or matrix_ok):
+        raise ValueError(
+            f"`{name}` must have shape (batch, {rows}, {cols}) or (batch, {rows * cols}). "
+            f"Got {name} with shape {shape}"
+        )
+    v.check_floating(name, theta)
+    if flat_ok:
+        theta = ops.reshape(theta, (-1, rows, cols))
+    return theta
+
+
+def base_coordinates(size, align_corners, dtype):
+    """Normalised centres of `size` pixels along one axis, as `torch.nn.functional.affine_grid`.
+
+    Both conventions share the numerator `2i + 1 - size`: with corners aligned the extreme
+    centres sit at -1 and +1 (denominator `size - 1`; a single pixel sits at 0), otherwise the
+    extreme *edges* do (denominator `size`). `size` may be a Python int or a scalar tensor.
+    """
+    i = ops.cast(ops.arange(size), dtype)
+    size = ops.cast(size, dtype)
+    denominator = ops.maximum(size - 1, 1) if align_corners else size
+    return (2 * i + 1 - size) / denominator
+
+
+def affine_grid_unchecked(theta, height, width, align_corners):
+    """`affine_grid` for an already validated `(B, 2, 3)` theta; sizes may be tensors."""
+    dtype = v.dtype_name(theta)
+    work = compute_dtype(dtype)
+    theta = ops.cast(theta, work)
+    xs = ops.reshape(base_coordinates(width, align_corners, work), (1, 1, -1))
+    ys = ops.reshape(base_coordinates(height, align_corners, work), (1, -1, 1))
+
+    def row(r):
+        # Elementwise rather than a matmul: exact in float32 on every device (GPU matmuls may
+        # use reduced-precision TF32), and only 6 multiply-adds per output pixel.
+        t = [ops.reshape(theta[:, r, c], (-1, 1, 1)) for c in range(3)]
+        return t[0] * xs + t[1] * ys + t[2]
+
+    grid = ops.stack([row(0), row(1)], axis=-1)
+    return ops.cast(grid, dtype)
+
+
+def affine_grid(theta, size, align_corners=False):
+    """Sampling grid of a batch of 2-D affine transforms.
+
+    Convention:
+        `theta` maps *output* coordinates to *input* coordinates, both normalised to `[-1, 1]`:
+        output pixel `(x, y)` reads the input at `theta @ [x, y, 1]`. The result holds the same
+        numbers as `torch.nn.functional.affine_grid(theta, (B, C, H, W), align_corners)`, but
+        the grid is returned with shape `(B, H, W, 2)` whose last axis is `(x, y)`, exactly
+        what `grid_sample` takes. `align_corners=True` puts -1/+1 on the centres of the corner
+        pixels (the convention of the original TF `stn` package); `False` puts them on the
+        outer edges of the corner pixels, which makes the grid independent of resolution.
+        Half-precision thetas are evaluated in float32 and returned in their own dtype.
+
+    Args:
+        theta: float tensor `(B, 2, 3)` or `(B, 6)` (row-major), the batch dimension may be
+            dynamic.
+        size: output `(height, width)`, positive Python ints; independent of any input size.
+        align_corners: bool, see Convention.
+
+    Returns:
+        Tensor `(B, height, width, 2)` with theta's dtype.
+
+    Raises:
+        ValueError: `theta` not `(B, 2, 3)`/`(B, 6)`, or `size` not two positive integers.
+        TypeError: `theta` not floating point, `size` not integers, `align_corners` not bool.
+
+    Example:
+        >>> import numpy as np
+        >>> identity = np.array([[1, 0, 0, 0, 1, 0]], "float32")
+        >>> affine_grid(identity, (2, 2), align_corners=True)[0, :, :, 0]  # x: -1 then +1
+    """
+    theta = check_theta(theta)
+    height, width = v.check_size("size", size)
+    v.check_bool("align_corners", align_corners)
+    return affine_grid_unchecked(theta, height, width, align_corners)
