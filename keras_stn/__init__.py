@@ -1,7 +1,16 @@
 """keras-stn: Spatial Transformer Networks for Keras 3 (TensorFlow, JAX and PyTorch)."""
 
-from keras_stn import ops
+from keras_stn import layers, ops, transforms
+from keras_stn.functional import spatial_transformer_network
+from keras_stn.layers import SpatialTransformer
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "__version__"]
+__all__ = [
+    "SpatialTransformer",
+    "spatial_transformer_network",
+    "ops",
+    "transforms",
+    "layers",
+    "__version__",
+]

@@ -1,6 +1,6 @@
 """Backend-agnostic spatial-transformer maths, written in `keras.ops`."""
 
 from keras_stn.ops.grid import affine_grid
-from keras_stn.ops.sampling import grid_sample
+from keras_stn.ops.sampling import affine_sample, grid_sample
 
-__all__ = ["affine_grid", "grid_sample"]
+__all__ = ["affine_grid", "affine_sample", "grid_sample"]

@@ -46,6 +46,38 @@ def base_coordinates(size, align_corners, dtype):
     return (2 * i + 1 - size) / denominator
 
 
+def affine_pixel_coordinates(theta, in_size, out_size, align_corners, dtype):
+    """Input *pixel* coordinates `(px, py)`, each `(B, H_out, W_out)`, read by affine `theta`.
+
+    The same points as unnormalising `affine_grid(theta, out_size)` for an input of `in_size`,
+    but with the normalisation folded into theta's coefficients: along each axis, with
+    `a = i + h` (`h = 0` with corners aligned, else `0.5`), `s = size - 1` or `size`, and
+    `d = max(s_out, 1)`:
+        x_norm_out = (2 a - s_out) / d,   px = s_in / 2 * (theta @ [x, y, 1] + 1) - h.
+    Expanded, `px = t00 * (s_in/d_x) * a_x + t01 * (s_in/d_y) * a_y + offset`, which is exact
+    for the identity and for whole-pixel translations (the ratios are exactly 1), so an
+    identity warp returns its input bit for bit. Sizes are `(height, width)`, ints or tensors.
+    """
+    theta = ops.cast(theta, dtype)
+    half = 0.0 if align_corners else 0.5
+    spans_in = [ops.cast(n, dtype) - (1 if align_corners else 0) for n in in_size]
+    spans_out = [ops.cast(n, dtype) - (1 if align_corners else 0) for n in out_size]
+    denominators = [ops.maximum(s, 1) for s in spans_out]
+    height_out, width_out = out_size
+    a_y = ops.reshape(ops.cast(ops.arange(height_out), dtype) + half, (1, -1, 1))
+    a_x = ops.reshape(ops.cast(ops.arange(width_out), dtype) + half, (1, 1, -1))
+
+    def axis(r):  # r = 0 for x (uses width), 1 for y (uses height)
+        span_in = spans_in[1 - r]
+        t = [ops.reshape(theta[:, r, c], (-1, 1, 1)) for c in range(3)]
+        scale_x = span_in / denominators[1]
+        scale_y = span_in / denominators[0]
+        offset = span_in / 2 * (t[2] + 1 - t[0] * (spans_out[1] / denominators[1]) - t[1] * (spans_out[0] / denominators[0])) - half
+        return t[0] * scale_x * a_x + t[1] * scale_y * a_y + offset
+
+    return axis(0), axis(1)
+
+
 def affine_grid_unchecked(theta, height, width, align_corners):
     """`affine_grid` for an already validated `(B, 2, 3)` theta; sizes may be tensors."""
     dtype = v.dtype_name(theta)

@@ -3,7 +3,7 @@
 from keras import ops
 
 from keras_stn import _validation as v
-from keras_stn.ops.grid import compute_dtype
+from keras_stn.ops.grid import affine_pixel_coordinates, check_theta, compute_dtype
 
 # Keys' cubic convolution constant used by PyTorch (and OpenCV) for bicubic sampling.
 CUBIC_A = -0.75
@@ -57,11 +57,11 @@ def cubic_weights(t):
 def axis_taps(coord, size, interpolation, padding_mode, align_corners):
     """The pixels one axis reads for each grid point: a list of `(index, weight)` pairs.
 
-    `index` is an int32 tensor clipped into `[0, size)` so that every gather stays in bounds
-    whatever the coordinate (huge, or produced from inf/NaN); a tap that falls outside the image
-    under zero padding gets weight 0 instead. Weights are `None` where they are identically 1.
+    `coord` is in pixels (0 is the centre of the first pixel). `index` is an int32 tensor
+    clipped into `[0, size)` so that every gather stays in bounds whatever the coordinate;
+    a tap that falls outside the image under zero padding gets weight 0 instead. Weights are
+    `None` where they are identically 1.
     """
-    coord = unnormalize(coord, size, align_corners)
     if interpolation == "bicubic":
         # As in PyTorch, bicubic pads each integer tap rather than the continuous coordinate.
         start = ops.floor(coord)
@@ -86,25 +86,27 @@ def axis_taps(coord, size, interpolation, padding_mode, align_corners):
     return taps
 
 
-def sample_channels_last(images, grid, interpolation, padding_mode, align_corners):
-    """The sampler proper, on validated `(B, H, W, C)` images and `(B, Ho, Wo, 2)` grid."""
-    dtype = v.dtype_name(images)
-    work = "float64" if "float64" in (dtype, v.dtype_name(grid)) else compute_dtype(dtype)
-    batch, height, width, channels = ops.shape(images)
-    size_x = ops.cast(width, work)
-    size_y = ops.cast(height, work)
+def working_dtype(images_dtype, coordinates_dtype):
+    """Dtype of coordinates and weights: float64 if either input is, float32 for half inputs."""
+    if "float64" in (images_dtype, coordinates_dtype):
+        return "float64"
+    return compute_dtype(images_dtype)
 
-    gx = ops.cast(grid[..., 0], work)
-    gy = ops.cast(grid[..., 1], work)
+
+def sample_pixels(images, px, py, interpolation, padding_mode, align_corners):
+    """The sampler proper: `(B, H, W, C)` images read at pixel coordinates `px`, `py`
+    (each `(B, Ho, Wo)`, in the working dtype); returns `(B, Ho, Wo, C)` in the images' dtype."""
+    work = v.dtype_name(px)
+    batch, height, width, channels = ops.shape(images)
     # Non-finite coordinates sample nothing (documented); replacing them first keeps NaN out
     # of the weights and of the gradients of every other grid point.
-    finite = ops.logical_and(ops.isfinite(gx), ops.isfinite(gy))
-    gx = ops.where(finite, gx, ops.zeros_like(gx))
-    gy = ops.where(finite, gy, ops.zeros_like(gy))
+    finite = ops.logical_and(ops.isfinite(px), ops.isfinite(py))
+    px = ops.where(finite, px, ops.zeros_like(px))
+    py = ops.where(finite, py, ops.zeros_like(py))
     finite = ops.cast(finite, work)
 
-    x_taps = axis_taps(gx, size_x, interpolation, padding_mode, align_corners)
-    y_taps = axis_taps(gy, size_y, interpolation, padding_mode, align_corners)
+    x_taps = axis_taps(px, ops.cast(width, work), interpolation, padding_mode, align_corners)
+    y_taps = axis_taps(py, ops.cast(height, work), interpolation, padding_mode, align_corners)
 
     # Gathering whole pixels (rows of a (B*H*W, C) view) keeps the index tensors at the size
     # of the grid instead of the size of the output times C.
@@ -121,7 +123,41 @@ def sample_channels_last(images, grid, interpolation, padding_mode, align_corner
             values = ops.cast(ops.take(pixels, row_offset + x_index, axis=0), work)
             term = values * ops.expand_dims(weight, -1)
             output = term if output is None else output + term
-    return ops.cast(output, dtype)
+    return ops.cast(output, v.dtype_name(images))
+
+
+def check_images(images, data_format):
+    """Validates an image batch; returns it as a tensor plus its shape."""
+    images = ops.convert_to_tensor(images)
+    layout = "(B, H, W, C)" if data_format == "channels_last" else "(B, C, H, W)"
+    shape = v.check_rank("images", images, 4, f"{layout} for data_format={data_format!r}")
+    v.check_floating("images", images)
+    spatial = shape[1:3] if data_format == "channels_last" else shape[2:4]
+    if 0 in spatial:
+        raise ValueError(f"`images` must have at least one pixel to sample from. Got images with shape {shape}")
+    return images, shape
+
+
+def check_batch(images_shape, other_name, other_shape):
+    if None not in (images_shape[0], other_shape[0]) and images_shape[0] != other_shape[0]:
+        raise ValueError(
+            f"`images` and `{other_name}` must have the same batch size. "
+            f"Got images with shape {images_shape} and {other_name} with shape {other_shape}"
+        )
+
+
+def check_modes(interpolation, padding_mode, align_corners, data_format):
+    v.check_choice("interpolation", interpolation, v.INTERPOLATIONS)
+    v.check_choice("padding_mode", padding_mode, v.PADDING_MODES)
+    v.check_bool("align_corners", align_corners)
+    return v.standardize_data_format(data_format)
+
+
+def sample_in_layout(images, data_format, sample):
+    """Runs `sample(channels_last_images)` and returns the result in `data_format`."""
+    if data_format == "channels_first":
+        return ops.transpose(sample(ops.transpose(images, (0, 2, 3, 1))), (0, 3, 1, 2))
+    return sample(images)
 
 
 def grid_sample(
@@ -183,31 +219,79 @@ def grid_sample(
         >>> theta = np.tile(np.array([[1, 0, 0, 0, 1, 0]], "float32"), (2, 1))
         >>> out = grid_sample(images, affine_grid(theta, (8, 8)))  # == images
     """
-    v.check_choice("interpolation", interpolation, v.INTERPOLATIONS)
-    v.check_choice("padding_mode", padding_mode, v.PADDING_MODES)
-    v.check_bool("align_corners", align_corners)
-    data_format = v.standardize_data_format(data_format)
-    images = ops.convert_to_tensor(images)
+    data_format = check_modes(interpolation, padding_mode, align_corners, data_format)
+    images, image_shape = check_images(images, data_format)
     grid = ops.convert_to_tensor(grid)
-    layout = "(B, H, W, C)" if data_format == "channels_last" else "(B, C, H, W)"
-    image_shape = v.check_rank("images", images, 4, f"{layout} for data_format={data_format!r}")
     grid_shape = v.check_rank("grid", grid, 4, "(B, H_out, W_out, 2)")
     if grid_shape[-1] != 2:
         raise ValueError(f"`grid` must have a last dimension of 2 (x, y). Got grid with shape {grid_shape}")
-    v.check_floating("images", images)
     v.check_floating("grid", grid)
-    if None not in (image_shape[0], grid_shape[0]) and image_shape[0] != grid_shape[0]:
-        raise ValueError(
-            "`images` and `grid` must have the same batch size. "
-            f"Got images with shape {image_shape} and grid with shape {grid_shape}"
-        )
-    spatial = image_shape[1:3] if data_format == "channels_last" else image_shape[2:4]
-    if 0 in spatial:
-        raise ValueError(f"`images` must have at least one pixel to sample from. Got images with shape {image_shape}")
+    check_batch(image_shape, "grid", grid_shape)
 
-    if data_format == "channels_first":
-        images = ops.transpose(images, (0, 2, 3, 1))
-    output = sample_channels_last(images, grid, interpolation, padding_mode, align_corners)
-    if data_format == "channels_first":
-        output = ops.transpose(output, (0, 3, 1, 2))
-    return output
+    def sample(channels_last):
+        _, height, width, _ = ops.shape(channels_last)
+        work = working_dtype(v.dtype_name(channels_last), v.dtype_name(grid))
+        px = unnormalize(ops.cast(grid[..., 0], work), ops.cast(width, work), align_corners)
+        py = unnormalize(ops.cast(grid[..., 1], work), ops.cast(height, work), align_corners)
+        return sample_pixels(channels_last, px, py, interpolation, padding_mode, align_corners)
+
+    return sample_in_layout(images, data_format, sample)
+
+
+def affine_sample(
+    images,
+    theta,
+    size=None,
+    interpolation="bilinear",
+    padding_mode="zeros",
+    align_corners=False,
+    data_format=None,
+):
+    """Warps `images` by affine `theta`: `grid_sample(images, affine_grid(theta, size))`, fused.
+
+    Convention:
+        The same coordinate frame, modes, dtype rules and border behaviour as `affine_grid` and
+        `grid_sample`. Instead of materialising the normalised grid, theta is turned into input
+        pixel coordinates directly, which saves work and is exact where it matters: the identity
+        theta returns the images bit for bit (for either `align_corners`), and translations
+        by whole pixels are exact shifts up to one rounding of theta itself.
+
+    Args:
+        images: `(B, H, W, C)` (channels_last) or `(B, C, H, W)` (channels_first) floats.
+        theta: `(B, 2, 3)` or `(B, 6)` floats mapping output to input normalised coordinates.
+        size: output `(height, width)`, positive ints; `None` keeps the input's.
+        interpolation, padding_mode, align_corners, data_format: as in `grid_sample`.
+
+    Returns:
+        `(B, height, width, C)` (or channels_first) with the images' dtype.
+
+    Raises:
+        ValueError, TypeError: as `affine_grid` and `grid_sample` for the same arguments.
+
+    Example:
+        >>> import numpy as np
+        >>> images = np.random.rand(2, 8, 8, 3).astype("float32")
+        >>> shift_right = np.array([[1, 0, -0.25, 0, 1, 0]] * 2, "float32")  # 1 pixel of 8
+        >>> out = affine_sample(images, shift_right)
+    """
+    data_format = check_modes(interpolation, padding_mode, align_corners, data_format)
+    images, image_shape = check_images(images, data_format)
+    theta = check_theta(theta)
+    check_batch(image_shape, "theta", tuple(theta.shape))
+    if size is not None:
+        size = v.check_size("size", size)
+    return affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format)
+
+
+def affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format):
+    """`affine_sample` on validated arguments; `size` entries may be tensors, `None` = input's."""
+
+    def sample(channels_last):
+        static = tuple(channels_last.shape[1:3])
+        in_size = tuple(s if s is not None else d for s, d in zip(static, ops.shape(channels_last)[1:3]))
+        out_size = in_size if size is None else size
+        work = working_dtype(v.dtype_name(channels_last), v.dtype_name(theta))
+        px, py = affine_pixel_coordinates(theta, in_size, out_size, align_corners, work)
+        return sample_pixels(channels_last, px, py, interpolation, padding_mode, align_corners)
+
+    return sample_in_layout(images, data_format, sample)

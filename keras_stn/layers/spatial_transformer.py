@@ -1,0 +1,155 @@
+"""The SpatialTransformer layer: localization net -> regression head -> transform -> grid -> sampler."""
+
+import keras
+
+from keras_stn import _validation as v
+from keras_stn import transforms as transforms_lib
+from keras_stn.layers.localization import default_localization
+
+
+@keras.saving.register_keras_serializable(package="keras_stn")
+class SpatialTransformer(keras.layers.Layer):
+    """Spatial transformer (Jaderberg et al., 2015): learns where to look, then resamples.
+
+    The layer runs a localization network on its input, regresses the transform's parameters
+    with a dense head it owns, turns them into a sampling grid and samples the input there.
+    The head starts with a zero kernel and the identity parameters as bias, so at
+    initialisation the layer returns its input resampled by the identity (exactly the input
+    when `out_dims` equals the input size) and training starts from "no warp".
+
+    The head and the grid are computed in float32 even under a mixed-precision policy: pixel
+    coordinates need more than half precision. The sampled output has the layer's compute
+    dtype.
+
+    Args:
+        out_dims: output `(height, width)`; `None` keeps the input's.
+        transform: `"affine"` (default), `"attention"`, `"translation"`, `"similarity"`, or a
+            `keras_stn.transforms.Transform` instance.
+        localization: a Keras layer or model mapping the input to a `(B, features)` tensor;
+            `None` builds `keras_stn.layers.default_localization` for the input shape.
+        interpolation: `"bilinear"` (default), `"nearest"` or `"bicubic"`.
+        padding_mode: `"zeros"` (default), `"border"` or `"reflection"`.
+        align_corners: bool, see `keras_stn.ops.affine_grid`.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+        return_theta: if True, the layer returns `(outputs, theta)` where `theta` is the
+            regressed `(B, transform.num_params)` parameters of the same forward pass (for
+            `"affine"`, the row-major `(B, 6)` matrix; `layer.transform.to_theta(theta)` gives
+            the `(B, 2, 3)` matrix of any affine-family transform). Use it to plot what the
+            transformer does or to put a loss on the transform.
+        **kwargs: standard layer arguments (`name`, `dtype`, ...).
+
+    Input shape: `(B, H, W, C)` (channels_last) or `(B, C, H, W)` (channels_first).
+    Output shape: `(B, out_H, out_W, C)` or `(B, C, out_H, out_W)`.
+
+    Example:
+        >>> inputs = keras.Input((60, 60, 1))
+        >>> x = SpatialTransformer(out_dims=(30, 30), transform="attention")(inputs)
+        >>> x = keras.layers.Conv2D(32, 3, activation="relu")(x)
+    """
+
+    def __init__(
+        self,
+        out_dims=None,
+        transform="affine",
+        localization=None,
+        interpolation="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+        data_format=None,
+        return_theta=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.out_dims = None if out_dims is None else v.check_size("out_dims", out_dims)
+        self.transform = transforms_lib.get(transform)
+        self.interpolation = v.check_choice("interpolation", interpolation, v.INTERPOLATIONS)
+        self.padding_mode = v.check_choice("padding_mode", padding_mode, v.PADDING_MODES)
+        self.align_corners = v.check_bool("align_corners", align_corners)
+        self.data_format = v.standardize_data_format(data_format)
+        self.return_theta = v.check_bool("return_theta", return_theta)
+        if localization is not None and not isinstance(localization, keras.layers.Layer):
+            raise TypeError(
+                "`localization` must be a Keras layer or model (or None for the default CNN). "
+                f"Got localization={localization!r}"
+            )
+        self.has_custom_localization = localization is not None
+        self.localization = localization
+        identity = self.transform.identity_params()
+        self.head = keras.layers.Dense(
+            self.transform.num_params,
+            kernel_initializer="zeros",
+            bias_initializer=keras.initializers.Constant(identity),
+            dtype="float32",
+            name="theta_head",
+        )
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def spatial_dims(self, shape):
+        return tuple(shape[1:3]) if self.data_format == "channels_last" else tuple(shape[2:4])
+
+    def build(self, input_shape):
+        if self.localization is None:
+            self.localization = default_localization(input_shape, self.data_format, dtype=self.dtype_policy)
+        if not self.localization.built:
+            self.localization.build(input_shape)
+        features_shape = tuple(self.localization.compute_output_shape(input_shape))
+        if len(features_shape) != 2 or features_shape[-1] is None:
+            raise ValueError(
+                "`localization` must map the input to a (batch, features) tensor with a known "
+                f"number of features. Got output shape {features_shape} for input shape {tuple(input_shape)}"
+            )
+        self.head.build(features_shape)
+
+    def call(self, inputs):
+        theta = self.head(self.localization(inputs))
+        outputs = self.transform.warp(
+            inputs,
+            theta,
+            self.out_dims,
+            self.interpolation,
+            self.padding_mode,
+            self.align_corners,
+            self.data_format,
+        )
+        return (outputs, theta) if self.return_theta else outputs
+
+    def compute_output_shape(self, input_shape):
+        height, width = self.out_dims if self.out_dims is not None else self.spatial_dims(input_shape)
+        batch = input_shape[0]
+        if self.data_format == "channels_last":
+            shape = (batch, height, width, input_shape[3])
+        else:
+            shape = (batch, input_shape[1], height, width)
+        if self.return_theta:
+            return shape, (batch, self.transform.num_params)
+        return shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "out_dims": self.out_dims,
+                "transform": transforms_lib.serialize(self.transform),
+                "localization": (
+                    keras.saving.serialize_keras_object(self.localization)
+                    if self.has_custom_localization
+                    else None
+                ),
+                "interpolation": self.interpolation,
+                "padding_mode": self.padding_mode,
+                "align_corners": self.align_corners,
+                "data_format": self.data_format,
+                "return_theta": self.return_theta,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("localization"), dict):
+            config["localization"] = keras.saving.deserialize_keras_object(config["localization"])
+        if config.get("out_dims") is not None:
+            config["out_dims"] = tuple(config["out_dims"])
+        return cls(**config)

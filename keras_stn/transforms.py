@@ -1,0 +1,196 @@
+"""Parameterisations of the spatial transform: regressed parameters -> sampling grid.
+
+Each transform is a small class with `num_params`, `identity_params()` (what the layer's
+regression head is initialised to) and `grid(params, size, align_corners)`. The affine family
+(`AffineTransform`) also exposes `to_theta(params)`, the `(B, 2, 3)` matrix mapping output to input coordinates in
+the normalised `[-1, 1]` frame (see `keras_stn.ops.affine_grid`).
+
+Use a name (`"affine"`, `"attention"`, `"translation"`, `"similarity"`) or an instance
+wherever a transform is expected; `get()` resolves either.
+"""
+
+import abc
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_stn import _validation as v
+from keras_stn.ops.grid import affine_grid_unchecked
+from keras_stn.ops.sampling import affine_sample_unchecked, grid_sample
+
+
+class Transform(abc.ABC):
+    """Base class: maps a `(B, num_params)` tensor of parameters to a sampling grid."""
+
+    name = None
+    num_params = None
+
+    @abc.abstractmethod
+    def identity_params(self):
+        """The parameters of the identity warp, a float32 NumPy array `(num_params,)`."""
+
+    def check_params(self, params):
+        params = ops.convert_to_tensor(params)
+        shape = tuple(params.shape)
+        if len(shape) != 2 or shape[1] != self.num_params:
+            raise ValueError(
+                f"`params` of the {self.name!r} transform must have shape (batch, {self.num_params}). "
+                f"Got params with shape {shape}"
+            )
+        v.check_floating("params", params)
+        return params
+
+    def grid(self, params, size, align_corners=False):
+        """Sampling grid `(B, H, W, 2)` for output `size = (H, W)`; see `ops.affine_grid`."""
+        height, width = v.check_size("size", size)
+        v.check_bool("align_corners", align_corners)
+        return self.grid_unchecked(self.check_params(params), height, width, align_corners)
+
+    @abc.abstractmethod
+    def grid_unchecked(self, params, height, width, align_corners):
+        """`grid` on validated params; `height`/`width` may be scalar tensors (dynamic sizes)."""
+
+    def warp(self, images, params, size, interpolation, padding_mode, align_corners, data_format):
+        """Samples validated `images` through the grid of `params`; `size=None` keeps the input's.
+
+        What `SpatialTransformer` calls; subclasses override it where a fused path exists."""
+        if size is None:
+            static = images.shape[1:3] if data_format == "channels_last" else images.shape[2:4]
+            dynamic = ops.shape(images)[1:3] if data_format == "channels_last" else ops.shape(images)[2:4]
+            size = tuple(s if s is not None else d for s, d in zip(static, dynamic))
+        grid = self.grid_unchecked(params, size[0], size[1], align_corners)
+        return grid_sample(images, grid, interpolation, padding_mode, align_corners, data_format)
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self), tuple(sorted(self.get_config().items()))))
+
+
+class AffineTransform(Transform):
+    """A transform whose grid is `affine_grid(to_theta(params))`."""
+
+    def to_theta(self, params):
+        """The `(B, 2, 3)` affine matrix of a batch of parameters."""
+        return self.theta_unchecked(self.check_params(params))
+
+    @abc.abstractmethod
+    def theta_unchecked(self, params):
+        """`to_theta` on validated params."""
+
+    def grid_unchecked(self, params, height, width, align_corners):
+        return affine_grid_unchecked(self.theta_unchecked(params), height, width, align_corners)
+
+    def warp(self, images, params, size, interpolation, padding_mode, align_corners, data_format):
+        theta = self.theta_unchecked(params)
+        return affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format)
+
+
+def matrix(rows):
+    """Builds `(B, 2, 3)` from two rows of three `(B,)` tensors."""
+    return ops.stack([ops.stack(row, axis=-1) for row in rows], axis=1)
+
+
+@keras.saving.register_keras_serializable(package="keras_stn")
+class Affine(AffineTransform):
+    """General 2-D affine transform, 6 parameters: theta in row-major order,
+    `[[a, b, tx], [c, d, ty]]`. Identity: `(1, 0, 0, 0, 1, 0)`."""
+
+    name = "affine"
+    num_params = 6
+
+    def identity_params(self):
+        return np.array([1, 0, 0, 0, 1, 0], "float32")
+
+    def theta_unchecked(self, params):
+        return ops.reshape(params, (-1, 2, 3))
+
+
+@keras.saving.register_keras_serializable(package="keras_stn")
+class Attention(AffineTransform):
+    """Isotropic scale and translation, 3 parameters `(s, tx, ty)`:
+    `[[s, 0, tx], [0, s, ty]]` (the paper's attention / zoom transform). Identity: `(1, 0, 0)`.
+    `s < 1` zooms into a window of relative size `s` centred at `(tx, ty)`."""
+
+    name = "attention"
+    num_params = 3
+
+    def identity_params(self):
+        return np.array([1, 0, 0], "float32")
+
+    def theta_unchecked(self, params):
+        s, tx, ty = params[:, 0], params[:, 1], params[:, 2]
+        zero = ops.zeros_like(s)
+        return matrix([[s, zero, tx], [zero, s, ty]])
+
+
+@keras.saving.register_keras_serializable(package="keras_stn")
+class Translation(AffineTransform):
+    """Pure translation, 2 parameters `(tx, ty)`: `[[1, 0, tx], [0, 1, ty]]`. Identity: `(0, 0)`."""
+
+    name = "translation"
+    num_params = 2
+
+    def identity_params(self):
+        return np.array([0, 0], "float32")
+
+    def theta_unchecked(self, params):
+        tx, ty = params[:, 0], params[:, 1]
+        zero, one = ops.zeros_like(tx), ops.ones_like(tx)
+        return matrix([[one, zero, tx], [zero, one, ty]])
+
+
+@keras.saving.register_keras_serializable(package="keras_stn")
+class Similarity(AffineTransform):
+    """Rotation, isotropic scale and translation, 4 parameters `(a, b, tx, ty)`:
+    `[[a, -b, tx], [b, a, ty]]` with `a = s*cos(angle)`, `b = s*sin(angle)`. Identity:
+    `(1, 0, 0, 0)`. Linear in its parameters (no angle to wrap around), so it regresses as
+    easily as the affine transform while keeping shapes undistorted."""
+
+    name = "similarity"
+    num_params = 4
+
+    def identity_params(self):
+        return np.array([1, 0, 0, 0], "float32")
+
+    def theta_unchecked(self, params):
+        a, b, tx, ty = params[:, 0], params[:, 1], params[:, 2], params[:, 3]
+        return matrix([[a, -b, tx], [b, a, ty]])
+
+
+TRANSFORMS = {cls.name: cls for cls in (Affine, Attention, Translation, Similarity)}
+
+
+def get(identifier):
+    """Resolves a transform name, instance or serialised config to a `Transform` instance."""
+    if isinstance(identifier, Transform):
+        return identifier
+    if isinstance(identifier, dict):
+        transform = keras.saving.deserialize_keras_object(identifier)
+        if isinstance(transform, Transform):
+            return transform
+    if isinstance(identifier, str) and identifier in TRANSFORMS:
+        return TRANSFORMS[identifier]()
+    raise ValueError(
+        f"`transform` must be one of {', '.join(repr(n) for n in TRANSFORMS)} or a "
+        f"keras_stn.transforms.Transform instance. Got transform={identifier!r}"
+    )
+
+
+def serialize(transform):
+    """A built-in transform without options serialises as its name, anything else as a config."""
+    if type(transform) is TRANSFORMS.get(transform.name) and not transform.get_config():
+        return transform.name
+    return keras.saving.serialize_keras_object(transform)
