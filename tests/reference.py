@@ -1,0 +1,96 @@
+"""Pure-NumPy reference of PyTorch's 2-D affine_grid / grid_sample semantics (channels-last).
+
+Written independently of keras_stn, in float64, one tap at a time, for the tests to compare
+against. Non-finite grid points follow keras_stn's documented rule: they produce 0.
+"""
+
+import numpy as np
+
+
+def affine_grid_ref(theta, size, align_corners=False):
+    theta = np.asarray(theta)
+    height, width = size
+
+    def centres(n):
+        i = np.arange(n, dtype=np.float64)
+        if align_corners:
+            return np.zeros(1) if n == 1 else -1 + 2 * i / (n - 1)
+        return (2 * i + 1) / n - 1
+
+    y, x = np.meshgrid(centres(height), centres(width), indexing="ij")
+    points = np.stack([x, y, np.ones_like(x)], axis=-1)  # (H, W, 3)
+    grid = np.einsum("hwk,bjk->bhwj", points, theta.astype(np.float64))
+    return grid.astype(theta.dtype)
+
+
+def _unnormalize(c, n, align_corners):
+    return (c + 1) / 2 * (n - 1) if align_corners else ((c + 1) * n - 1) / 2
+
+
+def _reflect(c, n, align_corners):
+    lo, hi = (0.0, n - 1.0) if align_corners else (-0.5, n - 0.5)
+    span = hi - lo
+    if span <= 0:
+        return np.zeros_like(c)
+    d = np.abs(c - lo)
+    flips = np.floor(d / span)
+    extra = d - flips * span
+    return np.where(flips % 2 == 0, lo + extra, hi - extra)
+
+
+def _pad(c, n, padding_mode, align_corners):
+    if padding_mode == "border":
+        return np.clip(c, 0, n - 1)
+    if padding_mode == "reflection":
+        return np.clip(_reflect(c, n, align_corners), 0, n - 1)
+    return c
+
+
+def _read(images, b, yi, xi):
+    """Pixel values at integer positions; zero where outside the image."""
+    _, height, width, _ = images.shape
+    inside = (xi >= 0) & (xi <= width - 1) & (yi >= 0) & (yi <= height - 1)
+    yc = np.clip(yi, 0, height - 1).astype(np.int64)
+    xc = np.clip(xi, 0, width - 1).astype(np.int64)
+    return images[b, yc, xc] * inside[..., None]
+
+
+def _cubic(t):
+    a = -0.75
+    d = np.stack([t + 1, t, 1 - t, 2 - t])
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(np.abs(d) <= 1, near, far)
+
+
+def grid_sample_ref(images, grid, interpolation="bilinear", padding_mode="zeros", align_corners=False):
+    images = np.asarray(images, np.float64)
+    grid = np.asarray(grid, np.float64)
+    batch, height, width, channels = images.shape
+    gx, gy = grid[..., 0], grid[..., 1]
+    finite = np.isfinite(gx) & np.isfinite(gy)
+    gx, gy = np.where(finite, gx, 0.0), np.where(finite, gy, 0.0)
+    x = _unnormalize(gx, width, align_corners)
+    y = _unnormalize(gy, height, align_corners)
+    b = np.arange(batch).reshape(-1, 1, 1) * np.ones_like(x, dtype=np.int64)
+    out = np.zeros(x.shape + (channels,))
+    if interpolation == "bicubic":
+        x0, y0 = np.floor(x), np.floor(y)
+        wx, wy = _cubic(x - x0), _cubic(y - y0)
+        for j in range(4):
+            yj = _pad(y0 - 1 + j, height, padding_mode, align_corners)
+            for i in range(4):
+                xi = _pad(x0 - 1 + i, width, padding_mode, align_corners)
+                out += (wx[i] * wy[j])[..., None] * _read(images, b, yj, xi)
+    else:
+        x = _pad(x, width, padding_mode, align_corners)
+        y = _pad(y, height, padding_mode, align_corners)
+        if interpolation == "nearest":
+            out = _read(images, b, np.rint(y), np.rint(x))
+        else:
+            x0, y0 = np.floor(x), np.floor(y)
+            fx, fy = x - x0, y - y0
+            for dy, wy in ((0, 1 - fy), (1, fy)):
+                for dx, wx in ((0, 1 - fx), (1, fx)):
+                    out += (wx * wy)[..., None] * _read(images, b, y0 + dy, x0 + dx)
+    return out * finite[..., None]
