@@ -98,6 +98,9 @@ def sample_pixels(images, px, py, interpolation, padding_mode, align_corners):
     (each `(B, Ho, Wo)`, in the working dtype); returns `(B, Ho, Wo, C)` in the images' dtype."""
     work = v.dtype_name(px)
     batch, height, width, channels = ops.shape(images)
+    if isinstance(batch, int) and batch == 0:
+        # jnp.take on an empty source drops the index shape; an empty batch has nothing to read.
+        return ops.zeros((0, *px.shape[1:], channels), v.dtype_name(images))
     # Non-finite coordinates sample nothing (documented); replacing them first keeps NaN out
     # of the weights and of the gradients of every other grid point.
     finite = ops.logical_and(ops.isfinite(px), ops.isfinite(py))
@@ -276,8 +279,10 @@ def affine_sample(
     """
     data_format = check_modes(interpolation, padding_mode, align_corners, data_format)
     images, image_shape = check_images(images, data_format)
+    theta = ops.convert_to_tensor(theta)
+    theta_shape = tuple(theta.shape)
     theta = check_theta(theta)
-    check_batch(image_shape, "theta", tuple(theta.shape))
+    check_batch(image_shape, "theta", theta_shape)
     if size is not None:
         size = v.check_size("size", size)
     return affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format)
