@@ -7,7 +7,6 @@ Every check raises with a message that names the argument, says what was expecte
 import numbers
 
 import keras
-from keras import ops
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 PADDING_MODES = ("zeros", "border", "reflection")
