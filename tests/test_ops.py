@@ -736,29 +736,19 @@ EXACT_SIZES = {False: (4, 8), True: (5, 9)}
 @all_modes
 @all_paddings
 @both_aligns
-def test_pixel_centres_edges_and_corners_match_reference(interpolation, padding_mode, align_corners, rng):
+@pytest.mark.parametrize("reference", ["numpy", "torch"])
+def test_pixel_centres_edges_and_corners(interpolation, padding_mode, align_corners, reference, rng):
     in_size = EXACT_SIZES[align_corners]
     images = random_images(rng, (1, *in_size, 2))
     grid = exact_positions_grid(in_size, align_corners)
-    expected = grid_sample_ref(images, grid, interpolation, padding_mode, align_corners)
+    sample_ref = grid_sample_ref if reference == "numpy" else torch_grid_sample
+    expected = sample_ref(images, grid, interpolation, padding_mode, align_corners)
     out = sample_np(images, grid, interpolation, padding_mode, align_corners)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
     # Pixel centres read the pixels themselves, in every mode.
     start = 2 if align_corners else 3  # the grid runs in half pixels from one pixel outside
     centres = out[0, start : start + 2 * in_size[0] : 2, start : start + 2 * in_size[1] : 2]
     np.testing.assert_allclose(centres, images[0], rtol=1e-6, atol=1e-6)
-
-
-@all_modes
-@all_paddings
-@both_aligns
-def test_pixel_centres_edges_and_corners_match_torch(interpolation, padding_mode, align_corners, rng):
-    in_size = EXACT_SIZES[align_corners]
-    images = random_images(rng, (1, *in_size, 2))
-    grid = exact_positions_grid(in_size, align_corners)
-    expected = torch_grid_sample(images, grid, interpolation, padding_mode, align_corners)
-    out = sample_np(images, grid, interpolation, padding_mode, align_corners)
-    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
 
 
 @all_modes
