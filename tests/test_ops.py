@@ -189,14 +189,16 @@ def sample_np(images, grid, interpolation, padding_mode, align_corners, **kwargs
 @all_paddings
 @both_aligns
 @shapes
-def test_grid_sample_matches_reference_float32(interpolation, padding_mode, align_corners, shape, rng):
+@pytest.mark.parametrize("reference", ["numpy", "torch"])
+def test_grid_sample_matches_references_float32(interpolation, padding_mode, align_corners, shape, reference, rng):
     image_shape, out_size = SHAPES[shape]
     images = random_images(rng, image_shape)
     grid = random_grid(rng, image_shape[0], out_size, image_shape[1:3], align_corners)
     out = grid_sample(images, grid, interpolation, padding_mode, align_corners)
     assert tuple(out.shape) == (image_shape[0], *out_size, image_shape[3])
     assert keras.backend.standardize_dtype(out.dtype) == "float32"
-    expected = grid_sample_ref(images, grid, interpolation, padding_mode, align_corners)
+    sample_ref = grid_sample_ref if reference == "numpy" else torch_grid_sample
+    expected = sample_ref(images, grid, interpolation, padding_mode, align_corners)
     np.testing.assert_allclose(to_numpy(out), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -263,19 +265,6 @@ def test_affine_sample_matches_reference(interpolation, padding_mode, align_corn
 # --------------------------------------------------------------------------------------------
 # 2. Forward parity with PyTorch
 # --------------------------------------------------------------------------------------------
-
-
-@all_modes
-@all_paddings
-@both_aligns
-@shapes
-def test_grid_sample_matches_torch(interpolation, padding_mode, align_corners, shape, rng):
-    image_shape, out_size = SHAPES[shape]
-    images = random_images(rng, image_shape)
-    grid = random_grid(rng, image_shape[0], out_size, image_shape[1:3], align_corners)
-    expected = torch_grid_sample(images, grid, interpolation, padding_mode, align_corners)
-    out = sample_np(images, grid, interpolation, padding_mode, align_corners)
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore:Since version 1.3.0, affine_grid behavior has changed:UserWarning")
