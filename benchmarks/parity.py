@@ -81,7 +81,9 @@ def main():
     weights = rng.normal(size=(batch, *size, channels)).astype(args.dtype)
     print(f"backend={keras.config.backend()} dtype={args.dtype} keras={keras.__version__} torch={torch.__version__}")
     print(f"{'interpolation':<14}{'padding':<12}{'align':<7}{'output':>10}{'d images':>10}{'d theta':>10}")
-    for mode, padding, align in itertools.product(("bilinear", "nearest", "bicubic"), ("zeros", "border", "reflection"), (False, True)):
+    for mode, padding, align in itertools.product(
+        ("bilinear", "nearest", "bicubic"), ("zeros", "border", "reflection"), (False, True)
+    ):
         theirs, grid = torch_outputs(images, theta, weights, size, mode, padding, align)
         ours = keras_outputs(images, theta, grid, weights, size, mode, padding, align)
         errors = [np.abs(a - b).max() / max(1.0, np.abs(b).max()) for a, b in zip(ours, theirs)]

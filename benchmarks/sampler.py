@@ -123,7 +123,9 @@ def main():
     for name in args.workloads.split(","):
         batch, height, width, channels, out_h, out_w = WORKLOADS[name]
         images = rng.random((batch, height, width, channels), dtype=np.float32)
-        theta = (np.array([[0.9, -0.2, 0.05], [0.2, 0.9, -0.05]]) + rng.normal(scale=0.05, size=(batch, 2, 3))).astype("float32")
+        theta = (np.array([[0.9, -0.2, 0.05], [0.2, 0.9, -0.05]]) + rng.normal(scale=0.05, size=(batch, 2, 3))).astype(
+            "float32"
+        )
         weights = rng.normal(size=(batch, out_h, out_w, channels)).astype("float32")
         ours = keras_fns(images, theta, weights, (out_h, out_w))
         reference = torch_fns(images, theta, weights, (out_h, out_w))
@@ -162,12 +164,21 @@ def main():
         stem = os.path.join(RESULTS, f"sampler_{backend}_{meta['device'].split(':')[0].lower()}")
         with open(stem + ".json", "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
-        header = ["workload", "shape", "forward ratio", "forward+backward ratio", "forward+backward keras_stn ms", "forward+backward torch ms"]
+        header = [
+            "workload",
+            "shape",
+            "forward ratio",
+            "forward+backward ratio",
+            "forward+backward keras_stn ms",
+            "forward+backward torch ms",
+        ]
         with open(stem + ".md", "w") as f:
             f.write(" ".join(f"{k}={v}" for k, v in meta.items()) + "\n\n")
             f.write("| " + " | ".join(header) + " |\n|" + " --- |" * len(header) + "\n")
             for row in rows:
-                f.write("| " + " | ".join(f"{row[k]:.2f}" if isinstance(row[k], float) else row[k] for k in header) + " |\n")
+                f.write(
+                    "| " + " | ".join(f"{row[k]:.2f}" if isinstance(row[k], float) else row[k] for k in header) + " |\n"
+                )
         print("wrote", stem + ".json/.md")
 
 

@@ -13,9 +13,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
 
 import keras_stn  # noqa: E402
-from keras import ops  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -16,9 +16,7 @@ DATA_FORMATS = ("channels_last", "channels_first")
 def check_choice(name, value, choices):
     """Returns `value` if it is one of `choices`, else raises a `ValueError` listing them."""
     if not isinstance(value, str) or value not in choices:
-        raise ValueError(
-            f"`{name}` must be one of {', '.join(repr(c) for c in choices)}. Got {name}={value!r}"
-        )
+        raise ValueError(f"`{name}` must be one of {', '.join(repr(c) for c in choices)}. Got {name}={value!r}")
     return value
 
 

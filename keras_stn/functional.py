@@ -11,9 +11,7 @@ from keras_stn.ops.grid import check_theta
 from keras_stn.ops.sampling import affine_sample
 
 
-def spatial_transformer_network(
-    input_fmap, theta, out_dims=None, *, interpolation="bilinear", padding_mode="zeros"
-):
+def spatial_transformer_network(input_fmap, theta, out_dims=None, *, interpolation="bilinear", padding_mode="zeros"):
     """Warps a channels-last batch of images by affine `theta`, like the original `stn` package.
 
     Convention:
@@ -53,11 +51,13 @@ def spatial_transformer_network(
     """
     input_fmap = ops.convert_to_tensor(input_fmap)
     shape = v.check_rank("input_fmap", input_fmap, 4, "(B, H, W, C)")
+    theta = ops.convert_to_tensor(theta)
+    theta_shape = tuple(theta.shape)
     theta = check_theta(theta)
     if None not in (shape[0], theta.shape[0]) and shape[0] != theta.shape[0]:
         raise ValueError(
             "`input_fmap` and `theta` must have the same batch size. "
-            f"Got input_fmap with shape {shape} and theta with shape {tuple(theta.shape)}"
+            f"Got input_fmap with shape {shape} and theta with shape {theta_shape}"
         )
     size = None if out_dims is None else v.check_size("out_dims", out_dims)
     return affine_sample(

@@ -167,7 +167,9 @@ def torch_theta_grad(images, theta, size, weights, interpolation, padding_mode, 
     torch = pytest.importorskip("torch")
     theta_t = torch.tensor(theta, requires_grad=True)
     images_t = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    grid = torch.nn.functional.affine_grid(theta_t, (images.shape[0], images.shape[3], *size), align_corners=align_corners)
+    grid = torch.nn.functional.affine_grid(
+        theta_t, (images.shape[0], images.shape[3], *size), align_corners=align_corners
+    )
     out = torch.nn.functional.grid_sample(
         images_t, grid, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners
     )
@@ -707,7 +709,9 @@ def test_gradients_finite_with_non_finite_and_huge_coordinates(interpolation, pa
     images = random_images(rng, IMAGE_SHAPE)
     grid, non_finite, huge = special_grid(rng, align_corners)
     weights = loss_weights(rng, (2, *DOWN, 2), "float32")
-    _, (d_images, d_grid) = value_and_grad(sampled_loss(weights, interpolation, padding_mode, align_corners), images, grid)
+    _, (d_images, d_grid) = value_and_grad(
+        sampled_loss(weights, interpolation, padding_mode, align_corners), images, grid
+    )
     assert np.isfinite(d_images).all()
     assert np.isfinite(d_grid).all()
     np.testing.assert_array_equal(d_grid[non_finite], 0)
@@ -907,34 +911,73 @@ INVALID_CALLS = {
     "grid last dim 3": (lambda: grid_sample(IMAGES, zeros(2, 4, 4, 3)), ValueError, "grid", ["(2, 4, 4, 3)"]),
     "grid last dim 1": (lambda: grid_sample(IMAGES, zeros(2, 4, 4, 1)), ValueError, "grid", []),
     "grid rank 3": (lambda: grid_sample(IMAGES, zeros(2, 16, 2)), ValueError, "grid", ["(2, 16, 2)"]),
-    "grid batch mismatch": (lambda: grid_sample(IMAGES, GRID[:1]), ValueError, "grid", ["(1, 4, 4, 2)", "(2, 8, 12, 3)"]),
+    "grid batch mismatch": (
+        lambda: grid_sample(IMAGES, GRID[:1]),
+        ValueError,
+        "grid",
+        ["(1, 4, 4, 2)", "(2, 8, 12, 3)"],
+    ),
     "theta batch mismatch": (lambda: affine_sample(IMAGES, zeros(3, 2, 3)), ValueError, "theta", ["(3, 2, 3)"]),
     "grid_sample interpolation": (
-        lambda: grid_sample(IMAGES, GRID, interpolation="linear"), ValueError, "interpolation", ["'linear'", *MODES]
+        lambda: grid_sample(IMAGES, GRID, interpolation="linear"),
+        ValueError,
+        "interpolation",
+        ["'linear'", *MODES],
     ),
     "affine_sample interpolation": (
-        lambda: affine_sample(IMAGES, THETA, interpolation="Bilinear"), ValueError, "interpolation", ["'Bilinear'", *MODES]
+        lambda: affine_sample(IMAGES, THETA, interpolation="Bilinear"),
+        ValueError,
+        "interpolation",
+        ["'Bilinear'", *MODES],
     ),
     "grid_sample padding_mode": (
-        lambda: grid_sample(IMAGES, GRID, padding_mode="constant"), ValueError, "padding_mode", ["'constant'", *PADDINGS]
+        lambda: grid_sample(IMAGES, GRID, padding_mode="constant"),
+        ValueError,
+        "padding_mode",
+        ["'constant'", *PADDINGS],
     ),
     "affine_sample padding_mode": (
-        lambda: affine_sample(IMAGES, THETA, padding_mode=None), ValueError, "padding_mode", ["None", *PADDINGS]
+        lambda: affine_sample(IMAGES, THETA, padding_mode=None),
+        ValueError,
+        "padding_mode",
+        ["None", *PADDINGS],
     ),
     "grid_sample data_format": (
-        lambda: grid_sample(IMAGES, GRID, data_format="NHWC"), ValueError, "data_format", ["'NHWC'", *FORMATS]
+        lambda: grid_sample(IMAGES, GRID, data_format="NHWC"),
+        ValueError,
+        "data_format",
+        ["'NHWC'", *FORMATS],
     ),
     "affine_sample data_format": (
-        lambda: affine_sample(IMAGES, THETA, data_format="channels-last"), ValueError, "data_format", FORMATS
+        lambda: affine_sample(IMAGES, THETA, data_format="channels-last"),
+        ValueError,
+        "data_format",
+        FORMATS,
     ),
-    "grid_sample align_corners int": (lambda: grid_sample(IMAGES, GRID, align_corners=1), TypeError, "align_corners", ["1"]),
+    "grid_sample align_corners int": (
+        lambda: grid_sample(IMAGES, GRID, align_corners=1),
+        TypeError,
+        "align_corners",
+        ["1"],
+    ),
     "grid_sample align_corners str": (
-        lambda: grid_sample(IMAGES, GRID, align_corners="True"), TypeError, "align_corners", ["'True'"]
+        lambda: grid_sample(IMAGES, GRID, align_corners="True"),
+        TypeError,
+        "align_corners",
+        ["'True'"],
     ),
     "affine_sample align_corners None": (
-        lambda: affine_sample(IMAGES, THETA, align_corners=None), TypeError, "align_corners", ["None"]
+        lambda: affine_sample(IMAGES, THETA, align_corners=None),
+        TypeError,
+        "align_corners",
+        ["None"],
     ),
-    "affine_grid align_corners int": (lambda: affine_grid(THETA, (4, 4), align_corners=0), TypeError, "align_corners", []),
+    "affine_grid align_corners int": (
+        lambda: affine_grid(THETA, (4, 4), align_corners=0),
+        TypeError,
+        "align_corners",
+        [],
+    ),
 }
 SIZE_OPS = {
     "affine_grid": lambda size: affine_grid(THETA, size),

@@ -1,5 +1,7 @@
 """The SpatialTransformer layer: localization net -> regression head -> transform -> grid -> sampler."""
 
+import copy
+
 import keras
 
 from keras_stn import _validation as v
@@ -132,9 +134,7 @@ class SpatialTransformer(keras.layers.Layer):
                 "out_dims": self.out_dims,
                 "transform": transforms_lib.serialize(self.transform),
                 "localization": (
-                    keras.saving.serialize_keras_object(self.localization)
-                    if self.has_custom_localization
-                    else None
+                    keras.saving.serialize_keras_object(self.localization) if self.has_custom_localization else None
                 ),
                 "interpolation": self.interpolation,
                 "padding_mode": self.padding_mode,
@@ -147,7 +147,9 @@ class SpatialTransformer(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        # Deserialising a nested model consumes its config in place: work on a deep copy so the
+        # caller's dict survives (it may be reused, e.g. by `from_config` twice).
+        config = copy.deepcopy(config)
         if isinstance(config.get("localization"), dict):
             config["localization"] = keras.saving.deserialize_keras_object(config["localization"])
         if config.get("out_dims") is not None:

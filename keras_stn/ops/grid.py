@@ -24,8 +24,7 @@ def check_theta(theta, name="theta", rows=2):
     matrix_ok = len(shape) == 3 and shape[1:] == (rows, cols)
     if not (flat_ok or matrix_ok):
         raise ValueError(
-            f"`{name}` must have shape (batch, {rows}, {cols}) or (batch, {rows * cols}). "
-            f"Got {name} with shape {shape}"
+            f"`{name}` must have shape (batch, {rows}, {cols}) or (batch, {rows * cols}). Got {name} with shape {shape}"
         )
     v.check_floating(name, theta)
     if flat_ok:
@@ -72,7 +71,10 @@ def affine_pixel_coordinates(theta, in_size, out_size, align_corners, dtype):
         t = [ops.reshape(theta[:, r, c], (-1, 1, 1)) for c in range(3)]
         scale_x = span_in / denominators[1]
         scale_y = span_in / denominators[0]
-        offset = span_in / 2 * (t[2] + 1 - t[0] * (spans_out[1] / denominators[1]) - t[1] * (spans_out[0] / denominators[0])) - half
+        offset = (
+            span_in / 2 * (t[2] + 1 - t[0] * (spans_out[1] / denominators[1]) - t[1] * (spans_out[0] / denominators[0]))
+            - half
+        )
         return t[0] * scale_x * a_x + t[1] * scale_y * a_y + offset
 
     return axis(0), axis(1)
