@@ -295,6 +295,19 @@ def test_localization_with_dynamic_spatial_size_needs_a_custom_net(rng):
         np.testing.assert_array_equal(to_numpy(model(images)), images)
 
 
+@pytest.mark.parametrize("units", [50, 20])
+def test_default_localization_units(units, rng):
+    kwargs = {} if units == 50 else {"units": units}
+    localization = keras_stn.layers.default_localization(SHAPE, **kwargs)
+    assert tuple(localization(random_images(rng)).shape) == (BATCH, units)
+
+
+@pytest.mark.parametrize("units", [0, -3, 2.5, True, "20"])
+def test_default_localization_rejects_bad_units(units):
+    with pytest.raises(ValueError, match=rf"`units` must be a positive integer. Got units={units!r}"):
+        keras_stn.layers.default_localization(SHAPE, units=units)
+
+
 # --------------------------------------------------------------------------- configuration
 
 

@@ -3,11 +3,12 @@
 import keras
 
 
-def default_localization(input_shape, data_format="channels_last", dtype=None, name="localization"):
+def default_localization(input_shape, data_format="channels_last", dtype=None, name="localization", units=50):
     """The small CNN used when `SpatialTransformer(localization=None)`.
 
     Follows the paper's ST-CNN localization net: the input downsampled 2x, two 5x5 convolutions
-    with 20 filters each followed by 2x max-pooling, and a dense layer of 50 units. Pooling uses
+    with 20 filters each followed by 2x max-pooling, and a dense layer (50 units by default; the
+    paper's distorted-MNIST nets use 20). Pooling uses
     "same" padding so even inputs of a few pixels work. Its flattened features grow with the
     input area (about 60k weights for 28x28, 3M for 224x224): for large inputs pass a network of
     your own to `SpatialTransformer(localization=...)`.
@@ -17,13 +18,16 @@ def default_localization(input_shape, data_format="channels_last", dtype=None, n
         data_format: `"channels_last"` or `"channels_first"`.
         dtype: dtype policy of the layers (the transformer passes its own).
         name: name of the returned model.
+        units: width of the final dense layer, i.e. of the features the head regresses from.
 
     Returns:
-        A `keras.Sequential` mapping `(B, *input_shape)` to `(B, 50)`.
+        A `keras.Sequential` mapping `(B, *input_shape)` to `(B, units)`.
 
     Raises:
         ValueError: when the height or width is not static (a dense layer needs to know them).
     """
+    if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+        raise ValueError(f"`units` must be a positive integer. Got units={units!r}")
     shape = tuple(input_shape)[-3:]
     spatial = shape[:2] if data_format == "channels_last" else shape[1:]
     if None in spatial:
@@ -40,7 +44,7 @@ def default_localization(input_shape, data_format="channels_last", dtype=None, n
             keras.layers.MaxPooling2D(2, padding="same", **common),
             keras.layers.Conv2D(20, 5, padding="same", activation="relu", **common),
             keras.layers.Flatten(**common),
-            keras.layers.Dense(50, activation="relu", dtype=dtype),
+            keras.layers.Dense(units, activation="relu", dtype=dtype),
         ],
         name=name,
     )
