@@ -1,5 +1,7 @@
 import contextlib
 import os
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -8,6 +10,10 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BACKEND = keras.config.backend()
+
+# `experiments/` is not part of the installed package: make it importable from the checkout,
+# appended so that `keras_stn` still resolves to the installed copy under tox.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 
 def pytest_report_header(config):
@@ -41,3 +47,31 @@ def float64_enabled():
 def x64():
     with float64_enabled():
         yield
+
+
+def synthetic_digits(rng, count):
+    """`count` 28x28 uint8 images with a bright rectangle each (stand-ins for MNIST digits)."""
+    images = np.zeros((count, 28, 28), "uint8")
+    for image in images:
+        top, left = rng.integers(4, 12, size=2)
+        height, width = rng.integers(8, 14, size=2)
+        image[top : top + height, left : left + width] = rng.integers(128, 256)
+    return images
+
+
+@pytest.fixture(scope="session")
+def synthetic_mnist(tmp_path_factory):
+    """Path of a small `mnist.npz` with MNIST's keys, dtypes and image size, but synthetic content.
+
+    For tests of the experiments' plumbing: they never need the real dataset or the internet.
+    """
+    rng = np.random.default_rng(7)
+    path = tmp_path_factory.mktemp("mnist") / "mnist.npz"
+    np.savez(
+        path,
+        x_train=synthetic_digits(rng, 600),
+        y_train=rng.integers(0, 10, size=600).astype("uint8"),
+        x_test=synthetic_digits(rng, 200),
+        y_test=rng.integers(0, 10, size=200).astype("uint8"),
+    )
+    return str(path)
