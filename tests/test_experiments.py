@@ -1,0 +1,197 @@
+"""The distorted-MNIST experiment: models, figures, the command line and a --quick MLflow run."""
+
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+pytest.importorskip("mlflow", reason="the experiments need the `experiments` extra (mlflow)")
+pytest.importorskip("matplotlib", reason="the experiments need the `experiments` extra (matplotlib)")
+
+import mlflow  # noqa: E402
+
+import keras_stn  # noqa: E402
+from experiments import distorted_mnist, figures, models, tracking  # noqa: E402
+from helpers import BACKEND, to_numpy  # noqa: E402
+
+# ------------------------------------------------------------------------------------ models
+
+
+@pytest.mark.parametrize("transform", models.transform_choices())
+def test_every_arm_shares_the_classifier(transform, rng):
+    shape = (42, 42, 1)
+    model = models.build_model(transform, shape)
+    baseline = models.build_model("none", shape)
+    classifier = [layer for layer in model.layers if layer.name in {"downsample", "conv1", "conv2", "probabilities"}]
+    reference = [layer for layer in baseline.layers if layer.name in {"downsample", "conv1", "conv2", "probabilities"}]
+    assert [layer.name for layer in classifier] == ["downsample", "conv1", "conv2", "probabilities"]
+    assert [layer.count_params() for layer in classifier] == [layer.count_params() for layer in reference]
+    images = rng.random((2, *shape)).astype("float32")
+    probabilities = to_numpy(model(images))
+    assert probabilities.shape == (2, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    warper = models.transformer_output(model)
+    if transform == "none":
+        assert warper is None
+    else:
+        # Identity-initialised: before training the transformer hands the classifier its input.
+        np.testing.assert_array_equal(to_numpy(warper(images)), images)
+        layer = model.get_layer(models.TRANSFORMER_NAME)
+        assert isinstance(layer, keras_stn.SpatialTransformer)
+        assert layer.transform.name == transform
+        assert layer.localization.layers[-1].units == models.LOCALIZATION_UNITS
+
+
+def test_small_canvases_are_not_downsampled():
+    names = [layer.name for layer in models.build_model("affine", (28, 28, 1)).layers]
+    assert "downsample" not in names and "spatial_transformer" in names
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"transform": "rotation", "input_shape": (28, 28, 1)}, r"`transform` must be one of .*'none'.*'affine'"),
+        ({"transform": "affine", "input_shape": (28, 28)}, r"`input_shape` must be \(height, width, channels\)"),
+    ],
+)
+def test_build_model_rejects_bad_arguments(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        models.build_model(**kwargs)
+
+
+# ----------------------------------------------------------------------------------- figures
+
+
+def test_figure_epochs():
+    assert tracking.figure_epochs(1) == [0, 1]
+    assert tracking.figure_epochs(10) == [0, 1, 2, 4, 8, 10]
+    assert tracking.figure_epochs(16) == [0, 1, 2, 4, 8, 16]
+
+
+def test_side_by_side_interleaves_inputs_and_outputs(rng):
+    inputs = rng.random((4, 6, 6, 1)).astype("float32")
+    warped = rng.random((4, 3, 3, 1)).astype("float32")
+    pairs = figures.side_by_side(inputs, warped)
+    assert pairs.shape == (8, 6, 6, 3)
+    np.testing.assert_array_equal(pairs[0, ..., 1], inputs[0, ..., 0])
+    np.testing.assert_array_equal(pairs[3, ..., 2], np.repeat(np.repeat(warped[1, ..., 0], 2, 0), 2, 1))
+
+
+@pytest.mark.parametrize("keras_cv_available", [True, False])
+def test_warp_gallery(keras_cv_available, rng, monkeypatch):
+    if keras_cv_available:
+        pytest.importorskip("keras_cv", reason="keras-cv is optional (the `experiments` extra)")
+    else:
+        monkeypatch.setitem(sys.modules, "keras_cv.visualization", None)  # import raises ImportError
+    images = rng.random((8, 12, 12, 1)).astype("float32")
+    figure = figures.warp_gallery(images, images[:, ::-1], "affine, epoch 3")
+    assert len([axis for axis in figure.axes if axis.images]) == 16
+    assert "affine, epoch 3" in figure._suptitle.get_text()
+    figures.plt.close(figure)
+
+
+# -------------------------------------------------------------------------------- command line
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        distorted_mnist.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--distortion", "--transforms", "--epochs", "--batch-size", "--lr", "--seed", "--data"):
+        assert flag in text
+    for flag in ("--experiment-name", "--quick", "--cache-dir", "--results-dir"):
+        assert flag in text
+    assert "cluttered" in text and "attention" in text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--distortion", "x"], "invalid choice: 'x'"),
+        (["--transforms", "rotation"], "invalid choice: 'rotation'"),
+        (["--transforms", "affine", "affine"], "lists an arm twice"),
+        (["--epochs", "0"], "expected a positive integer"),
+        (["--lr", "-1"], "expected a positive number"),
+    ],
+)
+def test_bad_flags_exit_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        distorted_mnist.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_quick_overrides_epochs_and_batch_size():
+    args = distorted_mnist.parse_args(["--quick", "--epochs", "50"])
+    assert (args.epochs, args.batch_size) == (1, distorted_mnist.QUICK["batch_size"])
+
+
+# ------------------------------------------------------------------------- a --quick MLflow run
+
+
+@pytest.fixture
+def tracking_dir(tmp_path, monkeypatch):
+    """A fresh MLflow store in a temporary working directory (artifacts land beside it)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(None)  # forget any URI cached by an earlier test: read the variable
+    yield tmp_path
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow
+def test_quick_run_records_runs_params_metrics_models_and_figures(tracking_dir, synthetic_mnist):
+    argv = ["--quick", "--distortion", "rts", "--transforms", "none", "affine", "--data", synthetic_mnist]
+    argv += ["--cache-dir", str(tracking_dir / "cache"), "--results-dir", str(tracking_dir / "results")]
+    argv += ["--experiment-name", "smoke", "--verbose", "0"]
+    parent_id, rows = distorted_mnist.run(distorted_mnist.parse_args(argv))
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_id)
+    assert parent.data.params["distortion"] == "rts" and parent.data.params["backend"] == BACKEND
+    assert parent.data.params["transforms"] == "none affine"
+    parent_artifacts = {artifact.path for artifact in client.list_artifacts(parent_id)}
+    assert {"comparison.csv", "comparison.md", "learning_curves.png"} <= parent_artifacts
+    table = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/comparison.md")
+    assert "| none |" in table and "| affine |" in table and "0.5" in table  # the paper's affine rts error
+    assert (tracking_dir / "results" / f"rts_{BACKEND}.md").read_text() == table
+    assert set(parent.data.metrics) == {"test_error_none", "test_error_affine"}
+
+    experiment = client.get_experiment_by_name("smoke")
+    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert sorted(child.data.params["transform"] for child in children) == ["affine", "none"]
+    images = np.zeros((2, 42, 42, 1), "float32")
+    for child in children:
+        params, metrics = child.data.params, child.data.metrics
+        for name in ("distortion", "backend", "backend_version", "keras_version", "device", "epochs", "batch_size"):
+            assert name in params, name
+        assert params["seed"] == "0" and params["lr"] == "0.001" and params["epochs"] == "1"
+        for name in ("loss", "accuracy", "val_loss", "val_accuracy", "val_error", "step_ms", "test_error"):
+            assert np.isfinite(metrics[name]), name
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [1]
+        row = next(row for row in rows if row["transform"] == params["transform"])
+        assert metrics["test_error"] == pytest.approx(row["test_error"], abs=0.01)
+
+        models_logged = client.search_logged_models(
+            [experiment.experiment_id], filter_string=f"source_run_id = '{child.info.run_id}'"
+        )
+        assert len(models_logged) == 1
+        loaded = mlflow.keras.load_model(models_logged[0].model_uri)
+        assert loaded.output_shape == (None, 10)
+        assert to_numpy(loaded(images)).shape == (2, 10)
+
+        warps = {artifact.path for artifact in client.list_artifacts(child.info.run_id, "warps")}
+        if params["transform"] == "none":
+            assert warps == set()
+        else:
+            assert warps == {"warps/epoch_000.png", "warps/epoch_001.png"}
+            assert any(isinstance(layer, keras_stn.SpatialTransformer) for layer in loaded.layers)
+
+
+def test_backend_version_and_device_are_recorded():
+    params = tracking.environment_params()
+    assert params["backend"] == BACKEND == keras.backend.backend()
+    assert params["backend_version"] and params["keras_stn_version"] == keras_stn.__version__
+    assert params["device"].startswith(("cpu", "cuda", "gpu"))
