@@ -80,21 +80,30 @@ def affine_pixel_coordinates(theta, in_size, out_size, align_corners, dtype):
     return axis(0), axis(1)
 
 
+def pixel_centres(height, width, align_corners, dtype):
+    """Normalised output pixel centres: `x` of shape `(1, 1, W)` and `y` of shape `(1, H, 1)`."""
+    xs = ops.reshape(base_coordinates(width, align_corners, dtype), (1, 1, -1))
+    ys = ops.reshape(base_coordinates(height, align_corners, dtype), (1, -1, 1))
+    return xs, ys
+
+
+def linear_form(coefficients, xs, ys):
+    """`a * x + b * y + c` for coefficients `(a, b, c)`, each `(B,)`, broadcast to `(B, H, W)`.
+
+    Elementwise rather than a matmul: exact in float32 on every device (GPU matmuls may use
+    reduced-precision TF32), and only 2 multiply-adds per output pixel.
+    """
+    a, b, c = (ops.reshape(k, (-1, 1, 1)) for k in coefficients)
+    return a * xs + b * ys + c
+
+
 def affine_grid_unchecked(theta, height, width, align_corners):
     """`affine_grid` for an already validated `(B, 2, 3)` theta; sizes may be tensors."""
     dtype = v.dtype_name(theta)
     work = compute_dtype(dtype)
     theta = ops.cast(theta, work)
-    xs = ops.reshape(base_coordinates(width, align_corners, work), (1, 1, -1))
-    ys = ops.reshape(base_coordinates(height, align_corners, work), (1, -1, 1))
-
-    def row(r):
-        # Elementwise rather than a matmul: exact in float32 on every device (GPU matmuls may
-        # use reduced-precision TF32), and only 6 multiply-adds per output pixel.
-        t = [ops.reshape(theta[:, r, c], (-1, 1, 1)) for c in range(3)]
-        return t[0] * xs + t[1] * ys + t[2]
-
-    grid = ops.stack([row(0), row(1)], axis=-1)
+    xs, ys = pixel_centres(height, width, align_corners, work)
+    grid = ops.stack([linear_form([theta[:, r, c] for c in range(3)], xs, ys) for r in range(2)], axis=-1)
     return ops.cast(grid, dtype)
 
 
