@@ -16,7 +16,7 @@ import numpy as np
 from keras import ops
 
 from keras_stn import _validation as v
-from keras_stn.ops.grid import affine_grid_unchecked
+from keras_stn.ops.grid import affine_grid_unchecked, projective_grid_unchecked
 from keras_stn.ops.sampling import affine_sample_unchecked, grid_sample
 
 
@@ -170,7 +170,32 @@ class Similarity(AffineTransform):
         return matrix([[a, -b, tx], [b, a, ty]])
 
 
-TRANSFORMS = {cls.name: cls for cls in (Affine, Attention, Translation, Similarity)}
+@keras.saving.register_keras_serializable(package="keras_stn")
+class Projective(Transform):
+    """Projective transform (homography), 8 parameters: the 3x3 matrix `H` in row-major order
+    with `H[2, 2]` fixed to 1, `[[a, b, c], [d, e, f], [g, h, 1]]`. Identity:
+    `(1, 0, 0, 0, 1, 0, 0, 0)`; with `g = h = 0` it is the affine transform `[[a, b, c], [d, e, f]]`.
+
+    Output point `(x, y)` reads the input at `(x_h / w, y_h / w)` with `(x_h, y_h, w) =
+    H @ [x, y, 1]`, in the normalised frame of `keras_stn.ops.affine_grid`. `g` and `h` tilt
+    the image plane: where `w` falls to `1e-6` or below, the output is on or beyond the
+    horizon, which has no source in the input; those points get NaN grid coordinates and
+    `grid_sample` gives them output 0 and zero gradient (in every padding mode), so the
+    gradients with respect to the parameters stay finite.
+    """
+
+    name = "projective"
+    num_params = 8
+
+    def identity_params(self):
+        return np.array([1, 0, 0, 0, 1, 0, 0, 0], "float32")
+
+    def grid_unchecked(self, params, height, width, align_corners):
+        homography = ops.reshape(ops.concatenate([params, ops.ones_like(params[:, :1])], axis=1), (-1, 3, 3))
+        return projective_grid_unchecked(homography, height, width, align_corners)
+
+
+TRANSFORMS = {cls.name: cls for cls in (Affine, Attention, Translation, Similarity, Projective)}
 
 
 def get(identifier):

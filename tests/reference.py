@@ -7,20 +7,33 @@ against. Non-finite grid points follow keras_stn's documented rule: they produce
 import numpy as np
 
 
+def _centres(n, align_corners):
+    i = np.arange(n, dtype=np.float64)
+    if align_corners:
+        return np.zeros(1) if n == 1 else -1 + 2 * i / (n - 1)
+    return (2 * i + 1) / n - 1
+
+
+def _homogeneous_points(size, align_corners):
+    """`(H, W, 3)` output pixel centres `(x, y, 1)`."""
+    y, x = np.meshgrid(_centres(size[0], align_corners), _centres(size[1], align_corners), indexing="ij")
+    return np.stack([x, y, np.ones_like(x)], axis=-1)
+
+
 def affine_grid_ref(theta, size, align_corners=False):
     theta = np.asarray(theta)
-    height, width = size
-
-    def centres(n):
-        i = np.arange(n, dtype=np.float64)
-        if align_corners:
-            return np.zeros(1) if n == 1 else -1 + 2 * i / (n - 1)
-        return (2 * i + 1) / n - 1
-
-    y, x = np.meshgrid(centres(height), centres(width), indexing="ij")
-    points = np.stack([x, y, np.ones_like(x)], axis=-1)  # (H, W, 3)
+    points = _homogeneous_points(size, align_corners)
     grid = np.einsum("hwk,bjk->bhwj", points, theta.astype(np.float64))
     return grid.astype(theta.dtype)
+
+
+def projective_grid_ref(homography, size, align_corners=False, horizon=1e-6):
+    """`(B, H, W, 2)` float64 grid of `(B, 3, 3)` homographies; NaN where `w <= horizon`."""
+    points = _homogeneous_points(size, align_corners)
+    mapped = np.einsum("hwk,bjk->bhwj", points, np.asarray(homography, np.float64))
+    w = mapped[..., 2:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(w > horizon, mapped[..., :2] / w, np.nan)
 
 
 def _unnormalize(c, n, align_corners):

@@ -11,14 +11,16 @@ from helpers import to_numpy
 from keras_stn import transforms
 from reference import grid_sample_ref
 
-NAMES = ["affine", "attention", "translation", "similarity"]
+AFFINE_NAMES = ["affine", "attention", "translation", "similarity"]
+NAMES = [*AFFINE_NAMES, "projective"]  # more in test_transforms_nonaffine.py
 CLASSES = {
     "affine": transforms.Affine,
     "attention": transforms.Attention,
     "translation": transforms.Translation,
     "similarity": transforms.Similarity,
+    "projective": transforms.Projective,
 }
-NUM_PARAMS = {"affine": 6, "attention": 3, "translation": 2, "similarity": 4}
+NUM_PARAMS = {"affine": 6, "attention": 3, "translation": 2, "similarity": 4, "projective": 8}
 IDENTITY_THETA = np.array([[1, 0, 0], [0, 1, 0]], "float32")
 
 
@@ -52,7 +54,7 @@ def test_num_params_name_and_class(name):
     assert isinstance(transform, transforms.Transform)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", AFFINE_NAMES)
 def test_identity_params_give_the_identity_theta(name):
     transform = transforms.get(name)
     identity = transform.identity_params()
@@ -81,7 +83,7 @@ def test_to_theta_numbers(name, params, theta):
     np.testing.assert_array_equal(out[0], np.array(theta, "float32"))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", AFFINE_NAMES)
 def test_to_theta_batch_matches_numpy(name, rng):
     params = rng.normal(size=(5, NUM_PARAMS[name])).astype("float32")
     out = to_numpy(transforms.get(name).to_theta(params))
@@ -89,7 +91,7 @@ def test_to_theta_batch_matches_numpy(name, rng):
     np.testing.assert_allclose(out, theta_np(name, params), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", AFFINE_NAMES)
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("size", [(5, 7), (1, 4), (8, 8)])
 def test_grid_equals_affine_grid_of_to_theta(name, align_corners, size, rng):
@@ -101,7 +103,7 @@ def test_grid_equals_affine_grid_of_to_theta(name, align_corners, size, rng):
     np.testing.assert_array_equal(grid, expected)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", AFFINE_NAMES)
 def test_grid_default_align_corners_is_false(name, rng):
     transform = transforms.get(name)
     params = rng.normal(size=(2, NUM_PARAMS[name])).astype("float32")
@@ -142,8 +144,9 @@ def test_get_unknown_lists_every_valid_name(identifier):
     assert f"Got transform={identifier!r}" in message, message
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("method", ["grid", "to_theta"])
+@pytest.mark.parametrize(
+    "name, method", [(name, "grid") for name in NAMES] + [(name, "to_theta") for name in AFFINE_NAMES]
+)
 def test_wrong_params_shape_raises_naming_params(name, method):
     transform = transforms.get(name)
     n = NUM_PARAMS[name]
@@ -186,7 +189,7 @@ def test_serialize_round_trip_of_built_in_transforms(name):
     assert serialized == name  # built-ins without options serialise as their name
     again = transforms.get(json.loads(json.dumps(serialized)))
     assert again == transform and type(again) is type(transform)
-    assert transforms.get(name) != transforms.get(NAMES[(NAMES.index(name) + 1) % 4])
+    assert transforms.get(name) != transforms.get(NAMES[(NAMES.index(name) + 1) % len(NAMES)])
 
 
 # --------------------------------------------------------------------------- custom non-affine

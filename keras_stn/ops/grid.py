@@ -107,6 +107,36 @@ def affine_grid_unchecked(theta, height, width, align_corners):
     return ops.cast(grid, dtype)
 
 
+# Output points whose homogeneous coordinate is at or below this are on or beyond the horizon.
+HORIZON_EPSILON = 1e-6
+
+
+def projective_grid_unchecked(homography, height, width, align_corners):
+    """Sampling grid `(B, H, W, 2)` of validated `(B, 3, 3)` homographies; sizes may be tensors.
+
+    Output point `(x, y)` reads the input at `(x_h / w, y_h / w)`, `(x_h, y_h, w) = H @ [x, y, 1]`, in
+    the frame of `affine_grid` (an `H` whose last row is `(0, 0, 1)` gives its grid exactly).
+    The line `w = 0` is the horizon: points on it map to infinity and points beyond it
+    (`w < 0`) would read a mirrored copy of the input from the far side of the projective
+    plane. Every point with `w <= HORIZON_EPSILON` therefore gets NaN coordinates, which
+    `grid_sample` reads as nothing (output 0, gradient 0) in every padding mode. Which side is
+    "beyond" is fixed by the sign of `H`: with `H[2, 2] = 1`, as in `transforms.Projective`,
+    the centre of the output (`w = 1`) is always visible.
+    """
+    dtype = v.dtype_name(homography)
+    work = compute_dtype(dtype)
+    homography = ops.cast(homography, work)
+    xs, ys = pixel_centres(height, width, align_corners, work)
+    x_h, y_h, w = (linear_form([homography[:, r, c] for c in range(3)], xs, ys) for r in range(3))
+    visible = w > HORIZON_EPSILON
+    # Dividing by 1 where hidden keeps the discarded quotient finite: its zero gradient would
+    # otherwise turn into 0 * inf = NaN in the backward pass.
+    safe_w = ops.where(visible, w, ops.ones_like(w))
+    hidden = ops.full_like(w, float("nan"))
+    grid = ops.stack([ops.where(visible, x_h / safe_w, hidden), ops.where(visible, y_h / safe_w, hidden)], axis=-1)
+    return ops.cast(grid, dtype)
+
+
 def affine_grid(theta, size, align_corners=False):
     """Sampling grid of a batch of 2-D affine transforms.
 
