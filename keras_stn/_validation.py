@@ -51,6 +51,16 @@ def check_size(name, size):
     return tuple(out)
 
 
+def check_integer(name, value, minimum):
+    """Validates a Python (or NumPy) integer `>= minimum`, bools rejected; returns it as an int."""
+    message = f"`{name}` must be an integer >= {minimum}. Got {name}={value!r}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(message)
+    if value < minimum:
+        raise ValueError(message)
+    return int(value)
+
+
 def dtype_name(x):
     return keras.backend.standardize_dtype(x.dtype)
 

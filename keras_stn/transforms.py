@@ -18,6 +18,7 @@ from keras import ops
 from keras_stn import _validation as v
 from keras_stn.ops.grid import affine_grid_unchecked, projective_grid_unchecked
 from keras_stn.ops.sampling import affine_sample_unchecked, grid_sample
+from keras_stn.ops.tps import tps_grid_unchecked
 
 
 class Transform(abc.ABC):
@@ -70,7 +71,8 @@ class Transform(abc.ABC):
         return cls(**config)
 
     def __repr__(self):
-        return f"{type(self).__name__}()"
+        options = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
+        return f"{type(self).__name__}({options})"
 
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
@@ -195,7 +197,37 @@ class Projective(Transform):
         return projective_grid_unchecked(homography, height, width, align_corners)
 
 
-TRANSFORMS = {cls.name: cls for cls in (Affine, Attention, Translation, Similarity, Projective)}
+@keras.saving.register_keras_serializable(package="keras_stn")
+class ThinPlateSpline(Transform):
+    """Thin-plate spline through a `grid_size` x `grid_size` lattice of control points spanning
+    `[-1, 1]²`, `2 * grid_size**2` parameters: the offset `(dx, dy)` of each control point in
+    normalised units, pairs in row-major lattice order (top row first, left to right). Output
+    control point `c_k` reads the input at `c_k + (dx_k, dy_k)`; the rest of the grid follows
+    the smoothest (least bending) interpolant. Identity: all zeros. See
+    `keras_stn.ops.tps_grid`.
+
+    Args:
+        grid_size: control points per side, an int >= 2 (default 3: 18 parameters).
+    """
+
+    name = "tps"
+
+    def __init__(self, grid_size=3):
+        self.grid_size = v.check_integer("grid_size", grid_size, minimum=2)
+        self.num_params = 2 * self.grid_size**2
+
+    def identity_params(self):
+        return np.zeros(self.num_params, "float32")
+
+    def grid_unchecked(self, params, height, width, align_corners):
+        offsets = ops.reshape(params, (-1, self.grid_size**2, 2))
+        return tps_grid_unchecked(offsets, self.grid_size, height, width, align_corners)
+
+    def get_config(self):
+        return {"grid_size": self.grid_size}
+
+
+TRANSFORMS = {cls.name: cls for cls in (Affine, Attention, Translation, Similarity, Projective, ThinPlateSpline)}
 
 
 def get(identifier):

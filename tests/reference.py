@@ -36,6 +36,35 @@ def projective_grid_ref(homography, size, align_corners=False, horizon=1e-6):
         return np.where(w > horizon, mapped[..., :2] / w, np.nan)
 
 
+def _thin_plate_kernel(squared_distance):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.nan_to_num(squared_distance * np.log(squared_distance))  # 0 log 0 = 0
+
+
+def tps_grid_ref(offsets, size, align_corners=False):
+    """`(B, H, W, 2)` float64 grid of thin-plate splines through `K x K` control points on
+    `[-1, 1]²` (row-major, x fastest) displaced by `offsets` `(B, K, K, 2)`: solves the
+    interpolation system of each sample directly."""
+    offsets = np.asarray(offsets, np.float64)
+    k = offsets.shape[1]
+    axis = -1 + 2 * np.arange(k) / (k - 1)
+    controls = np.array([(x, y) for y in axis for x in axis])
+    n = len(controls)
+    p = np.hstack([np.ones((n, 1)), controls])
+    system = np.block(
+        [[_thin_plate_kernel(((controls[:, None] - controls[None]) ** 2).sum(-1)), p], [p.T, np.zeros((3, 3))]]
+    )
+    points = _homogeneous_points(size, align_corners)[..., :2].reshape(-1, 2)
+    basis = np.hstack(
+        [_thin_plate_kernel(((points[:, None] - controls[None]) ** 2).sum(-1)), np.ones((len(points), 1)), points]
+    )
+    grids = []
+    for displaced in controls + offsets.reshape(-1, n, 2):
+        coefficients = np.linalg.solve(system, np.vstack([displaced, np.zeros((3, 2))]))
+        grids.append((basis @ coefficients).reshape(*size, 2))
+    return np.stack(grids)
+
+
 def _unnormalize(c, n, align_corners):
     return (c + 1) / 2 * (n - 1) if align_corners else ((c + 1) * n - 1) / 2
 

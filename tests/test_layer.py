@@ -19,8 +19,8 @@ from reference import affine_grid_ref, grid_sample_ref
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AFFINE_TRANSFORMS = ["affine", "attention", "translation", "similarity"]
-TRANSFORMS = [*AFFINE_TRANSFORMS, "projective"]
-NUM_PARAMS = {"affine": 6, "attention": 3, "translation": 2, "similarity": 4, "projective": 8}
+TRANSFORMS = [*AFFINE_TRANSFORMS, "projective", "tps"]
+NUM_PARAMS = {"affine": 6, "attention": 3, "translation": 2, "similarity": 4, "projective": 8, "tps": 18}
 # One image size for (almost) every test, non-square so that a height/width mix-up shows; JAX
 # compiles each op once per shape in eager mode, so few distinct shapes keep the suite fast.
 SHAPE = (16, 12, 2)
@@ -315,9 +315,24 @@ def test_default_localization_rejects_bad_units(units):
 # --------------------------------------------------------------------------- configuration
 
 
+def tps_config(grid_size):
+    """How a thin-plate spline is stored in a layer config: it has an option, so not by name."""
+    return {
+        "module": "keras_stn.transforms",
+        "class_name": "ThinPlateSpline",
+        "config": {"grid_size": grid_size},
+        "registered_name": "keras_stn>ThinPlateSpline",
+    }
+
+
 @pytest.mark.parametrize(
     "transform, serialized",
-    [(name, name) for name in TRANSFORMS] + [(transforms.Similarity(), "similarity")],
+    [(name, name) for name in TRANSFORMS if name != "tps"]
+    + [
+        (transforms.Similarity(), "similarity"),
+        ("tps", tps_config(3)),
+        (transforms.ThinPlateSpline(grid_size=4), tps_config(4)),
+    ],
 )
 def test_get_config_round_trip_default_localization(transform, serialized):
     layer = keras_stn.SpatialTransformer(
@@ -383,6 +398,7 @@ def test_keras_file_round_trip(rng, tmp_path):
     x = random_images(rng, batch=6)
     y = rng.integers(0, 3, size=6)
     cases = {f"st_{name}": {"transform": name} for name in TRANSFORMS}
+    cases["st_tps_4"] = {"transform": transforms.ThinPlateSpline(grid_size=4)}
     cases["st_sequential_loc"] = {"localization": sequential_localization()}
     cases["st_functional_loc"] = {"localization": functional_localization()}
     inputs = keras.Input(SHAPE)

@@ -12,15 +12,16 @@ from keras_stn import transforms
 from reference import grid_sample_ref
 
 AFFINE_NAMES = ["affine", "attention", "translation", "similarity"]
-NAMES = [*AFFINE_NAMES, "projective"]  # more in test_transforms_nonaffine.py
+NAMES = [*AFFINE_NAMES, "projective", "tps"]  # more in test_transforms_nonaffine.py
 CLASSES = {
     "affine": transforms.Affine,
     "attention": transforms.Attention,
     "translation": transforms.Translation,
     "similarity": transforms.Similarity,
     "projective": transforms.Projective,
+    "tps": transforms.ThinPlateSpline,
 }
-NUM_PARAMS = {"affine": 6, "attention": 3, "translation": 2, "similarity": 4, "projective": 8}
+NUM_PARAMS = {"affine": 6, "attention": 3, "translation": 2, "similarity": 4, "projective": 8, "tps": 18}
 IDENTITY_THETA = np.array([[1, 0, 0], [0, 1, 0]], "float32")
 
 
@@ -186,7 +187,10 @@ def test_grid_rejects_bad_size_and_align_corners():
 def test_serialize_round_trip_of_built_in_transforms(name):
     transform = transforms.get(name)
     serialized = transforms.serialize(transform)
-    assert serialized == name  # built-ins without options serialise as their name
+    if transform.get_config():  # options (the thin-plate spline's grid_size) need a config
+        assert serialized == keras.saving.serialize_keras_object(transform)
+    else:  # built-ins without options serialise as their name
+        assert serialized == name
     again = transforms.get(json.loads(json.dumps(serialized)))
     assert again == transform and type(again) is type(transform)
     assert transforms.get(name) != transforms.get(NAMES[(NAMES.index(name) + 1) % len(NAMES)])

@@ -1,0 +1,142 @@
+"""Thin-plate-spline sampling grids: a smooth warp through a lattice of displaced control points."""
+
+import functools
+import math
+
+import numpy as np
+from keras import ops
+
+from keras_stn import _validation as v
+from keras_stn.ops.grid import compute_dtype, linear_form, pixel_centres
+
+
+def radial_basis(squared_distance, xp):
+    """The thin-plate kernel `U = r² log r²` of squared distances `r²`, 0 at `r = 0` (its limit).
+
+    `xp` is `numpy` (the system matrix, in float64) or `keras.ops` (the output points).
+    """
+    positive = squared_distance > 0
+    return xp.where(positive, squared_distance * xp.log(xp.where(positive, squared_distance, 1.0)), 0.0)
+
+
+@functools.cache
+def tps_solver(grid_size):
+    """The control points and the linear map from values at them to spline coefficients.
+
+    Returns float64 NumPy arrays, read-only: `controls` `(n, 2)` with `n = grid_size**2`, the
+    `(x, y)` lattice on `[-1, 1]²` in row-major order (top row first, left to right), and
+    `solver` `(n + 3, n)`, the first `n` columns of the inverse of the system matrix
+    `[[U(|c_i - c_j|²), P], [P^T, 0]]` with `P = [x, y, 1]` of the controls. The spline through
+    values `z` at the controls is `sum_k a_k U(|p - c_k|²) + b_x x + b_y y + b_1` with
+    `(a, b_x, b_y, b_1) = solver @ z`. Solved once per lattice.
+    """
+    axis = np.linspace(-1.0, 1.0, grid_size)
+    ys, xs = np.meshgrid(axis, axis, indexing="ij")
+    controls = np.stack([xs.ravel(), ys.ravel()], axis=-1)
+    count = len(controls)
+    polynomial = np.concatenate([controls, np.ones((count, 1))], axis=1)
+    system = np.zeros((count + 3, count + 3))
+    system[:count, :count] = radial_basis(((controls[:, None] - controls[None]) ** 2).sum(-1), np)
+    system[:count, count:] = polynomial
+    system[count:, :count] = polynomial.T
+    solver = np.linalg.inv(system)[:, :count]
+    controls.setflags(write=False)
+    solver.setflags(write=False)
+    return controls, solver
+
+
+def tps_grid_unchecked(offsets, grid_size, height, width, align_corners):
+    """`tps_grid` for validated `(B, grid_size**2, 2)` offsets; sizes may be tensors."""
+    dtype = v.dtype_name(offsets)
+    work = compute_dtype(dtype)
+    offsets = ops.cast(offsets, work)
+    controls, solver = tps_solver(grid_size)
+    count = len(controls)
+    # A thin-plate spline reproduces affine maps exactly, so the spline through the displaced
+    # controls is the identity plus the spline through the offsets alone: zero offsets give the
+    # identity grid exactly, and rounding errors scale with the offsets, not the coordinates.
+    coefficients = ops.einsum("kn,bnc->bkc", ops.convert_to_tensor(solver, work), offsets)
+    xs, ys = pixel_centres(height, width, align_corners, work)
+    controls = ops.convert_to_tensor(controls, work)
+    squared = (ops.expand_dims(xs, -1) - controls[:, 0]) ** 2 + (ops.expand_dims(ys, -1) - controls[:, 1]) ** 2
+    bend = ops.einsum("hwn,bnc->bhwc", radial_basis(squared[0], ops), coefficients[:, :count])
+
+    def component(c, identity):
+        affine = linear_form([coefficients[:, count + r, c] for r in range(3)], xs, ys)
+        return identity + (bend[..., c] + affine)
+
+    grid = ops.stack([component(0, xs), component(1, ys)], axis=-1)
+    return ops.cast(grid, dtype)
+
+
+def check_offsets(offsets, grid_size):
+    """Returns `offsets` as a `(B, K*K, 2)` tensor and the lattice size `K` (inferred if None)."""
+    offsets = ops.convert_to_tensor(offsets)
+    shape = tuple(offsets.shape)
+    inferred = None
+    if len(shape) == 2 and shape[1] is not None:
+        side = math.isqrt(shape[1] // 2)
+        inferred = side if shape[1] == 2 * side * side else None
+    elif len(shape) == 4 and shape[1] == shape[2] and shape[3] == 2:
+        inferred = shape[1]
+    if grid_size is None:
+        if inferred is None or inferred < 2:
+            raise ValueError(
+                "`offsets` must have shape (batch, 2 * K * K) or (batch, K, K, 2) for a lattice of "
+                f"K >= 2 control points per side (e.g. (batch, 18) for K = 3). Got offsets with shape {shape}"
+            )
+    elif inferred != grid_size:
+        raise ValueError(
+            f"`offsets` must have shape (batch, {2 * grid_size**2}) or (batch, {grid_size}, {grid_size}, 2) "
+            f"for grid_size={grid_size}. Got offsets with shape {shape}"
+        )
+    v.check_floating("offsets", offsets)
+    return ops.reshape(offsets, (-1, inferred * inferred, 2)), inferred
+
+
+def tps_grid(offsets, size, grid_size=None, align_corners=False):
+    """Sampling grid of a batch of thin-plate-spline warps.
+
+    Convention:
+        A lattice of `K x K` control points `c` spans `[-1, 1]²` evenly (`K = grid_size`), in the
+        normalised frame of `affine_grid`. The warp maps *output* coordinates to *input*
+        coordinates: output point `c_k` reads the input at `c_k + offsets_k`, and every other
+        output point follows the thin-plate spline through those pairs (kernel `r² log r²`),
+        the smoothest interpolant in the sense of bending energy. Zero offsets give the
+        identity grid, the same numbers as `affine_grid` of the identity; offsets that move
+        the controls affinely give that affine grid (up to rounding). `offsets` of shape
+        `(B, 2 * K * K)` are `(dx, dy)` pairs in the lattice's row-major order (top row first,
+        left to right), i.e. a `(B, K, K, 2)` tensor flattened, which is also accepted.
+        `align_corners` only places the output pixel centres (see `affine_grid`); the lattice
+        always spans `[-1, 1]`. Half-precision offsets are evaluated in float32 and returned
+        in their own dtype.
+
+    Args:
+        offsets: float tensor `(B, 2 * K * K)` or `(B, K, K, 2)`, the displacement of each
+            control point in normalised units; the batch dimension may be dynamic.
+        size: output `(height, width)`, positive Python ints.
+        grid_size: `K`, an int `>= 2`; `None` infers it from the shape of `offsets`.
+        align_corners: bool, see `affine_grid`.
+
+    Returns:
+        Tensor `(B, height, width, 2)` with the offsets' dtype, last axis `(x, y)`, ready for
+        `grid_sample`.
+
+    Raises:
+        ValueError: `offsets` not of one of the shapes above (or not matching `grid_size`),
+            `grid_size < 2`, or `size` not two positive integers.
+        TypeError: `offsets` not floating point, `grid_size` or `size` not integers,
+            `align_corners` not bool.
+
+    Example:
+        >>> import numpy as np
+        >>> offsets = np.zeros((1, 3, 3, 2), "float32")
+        >>> offsets[0, 1, 1] = (0.2, 0.0)  # the centre of the output reads 0.1 of the width to its right
+        >>> grid = tps_grid(offsets, (28, 28))  # (1, 28, 28, 2)
+    """
+    if grid_size is not None:
+        grid_size = v.check_integer("grid_size", grid_size, minimum=2)
+    offsets, grid_size = check_offsets(offsets, grid_size)
+    height, width = v.check_size("size", size)
+    v.check_bool("align_corners", align_corners)
+    return tps_grid_unchecked(offsets, grid_size, height, width, align_corners)
