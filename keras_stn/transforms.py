@@ -5,8 +5,19 @@ regression head is initialised to) and `grid(params, size, align_corners)`. The 
 (`AffineTransform`) also exposes `to_theta(params)`, the `(B, 2, 3)` matrix mapping output to input coordinates in
 the normalised `[-1, 1]` frame (see `keras_stn.ops.affine_grid`).
 
-Use a name (`"affine"`, `"attention"`, `"translation"`, `"similarity"`) or an instance
-wherever a transform is expected; `get()` resolves either.
+Built in, by name:
+
+- `"affine"`: the general affine map, 6 parameters.
+- `"attention"`: isotropic scale and translation, 3 parameters (the paper's zoom).
+- `"translation"`: shift only, 2 parameters.
+- `"similarity"`: rotation, isotropic scale and translation, 4 parameters.
+- `"projective"`: a homography (perspective warp), 8 parameters; points beyond its horizon
+  read nothing.
+- `"tps"`: a thin-plate spline through a `grid_size` x `grid_size` lattice of displaced
+  control points, `2 * grid_size**2` parameters; a smooth non-rigid warp.
+
+Use a name or an instance (e.g. `ThinPlateSpline(grid_size=4)`) wherever a transform is
+expected; `get()` resolves either.
 """
 
 import abc

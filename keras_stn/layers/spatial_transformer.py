@@ -16,8 +16,9 @@ class SpatialTransformer(keras.layers.Layer):
     The layer runs a localization network on its input, regresses the transform's parameters
     with a dense head it owns, turns them into a sampling grid and samples the input there.
     The head starts with a zero kernel and the identity parameters as bias, so at
-    initialisation the layer returns its input resampled by the identity (exactly the input
-    when `out_dims` equals the input size) and training starts from "no warp".
+    initialisation the layer returns its input resampled by the identity (when `out_dims`
+    equals the input size: exactly the input for the affine family, the input up to float
+    rounding for the transforms sampled through a grid) and training starts from "no warp".
 
     The head and the grid are computed in float32 even under a mixed-precision policy: pixel
     coordinates need more than half precision. The sampled output has the layer's compute
@@ -25,8 +26,9 @@ class SpatialTransformer(keras.layers.Layer):
 
     Args:
         out_dims: output `(height, width)`; `None` keeps the input's.
-        transform: `"affine"` (default), `"attention"`, `"translation"`, `"similarity"`, or a
-            `keras_stn.transforms.Transform` instance.
+        transform: `"affine"` (default), `"attention"`, `"translation"`, `"similarity"`,
+            `"projective"`, `"tps"` (thin-plate spline, 3x3 control points), or a
+            `keras_stn.transforms.Transform` instance such as `ThinPlateSpline(grid_size=4)`.
         localization: a Keras layer or model mapping the input to a `(B, features)` tensor;
             `None` builds `keras_stn.layers.default_localization` for the input shape.
         interpolation: `"bilinear"` (default), `"nearest"` or `"bicubic"`.
