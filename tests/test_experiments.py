@@ -35,10 +35,14 @@ def test_every_arm_shares_the_classifier(transform, rng):
     if transform == "none":
         assert warper is None
     else:
-        # Identity-initialised: before training the transformer hands the classifier its input.
-        np.testing.assert_array_equal(to_numpy(warper(images)), images)
+        # Identity-initialised: before training the transformer hands the classifier its input
+        # (bit for bit through the fused affine sampler, up to float32 rounding through a grid).
         layer = model.get_layer(models.TRANSFORMER_NAME)
         assert isinstance(layer, keras_stn.SpatialTransformer)
+        if isinstance(layer.transform, keras_stn.transforms.AffineTransform):
+            np.testing.assert_array_equal(to_numpy(warper(images)), images)
+        else:
+            np.testing.assert_allclose(to_numpy(warper(images)), images, rtol=0, atol=1e-5)
         assert layer.transform.name == transform
         assert layer.localization.layers[-1].units == models.LOCALIZATION_UNITS
 
