@@ -1,8 +1,10 @@
 """Draws the README's figures: `python docs/make_figures.py` (needs matplotlib).
 
-The sanity check of the original TF `stn` package: a batch of images warped by the identity
-theta and by a 45-degree rotation, output size equal to the input. The images are a synthetic
-asymmetric test pattern so that the direction of the rotation is visible.
+- `sanity_check.png`: the sanity check of the original TF `stn` package: a batch of images
+  warped by the identity theta and by a 45-degree rotation, output size equal to the input.
+- `transforms.png`: one image warped by each built-in transform with fixed example parameters.
+
+The images are a synthetic asymmetric test pattern so that the direction of a warp is visible.
 """
 
 import argparse
@@ -61,11 +63,45 @@ def sanity_check(path):
     print("wrote", path)
 
 
+# Example parameters of each transform (what a localization net could regress).
+EXAMPLE_PARAMS = {
+    "affine": [0.9, 0.3, 0.1, -0.2, 1.1, 0.0],
+    "attention": [0.5, 0.4, 0.4],
+    "translation": [0.3, -0.2],
+    "similarity": [0.8, 0.35, 0.0, 0.1],
+    "projective": [1.0, 0.1, 0.0, 0.0, 1.0, 0.0, 0.35, 0.25],
+}
+
+
+def transforms_gallery(path):
+    image = test_pattern((0.95, 0.75, 0.35))
+    params = dict(EXAMPLE_PARAMS)
+    # A thin-plate spline: a 4x4 lattice of control points, each moved at random.
+    params["tps"] = np.random.default_rng(3).normal(0, 0.12, 2 * 4 * 4)
+    names = ["input", *params]
+    figure, axes = plt.subplots(1, len(names), figsize=(2.1 * len(names), 2.6))
+    for axis, name in zip(axes, names):
+        if name == "input":
+            warped = image
+        else:
+            transform = keras_stn.transforms.ThinPlateSpline(4) if name == "tps" else keras_stn.transforms.get(name)
+            grid = transform.grid(np.asarray([params[name]], "float32"), image.shape[:2])
+            warped = ops.convert_to_numpy(keras_stn.ops.grid_sample(image[None], grid))[0]
+        axis.imshow(np.clip(warped, 0, 1))
+        axis.set_title(name)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    print("wrote", path)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=HERE, help="folder to write the PNG files to (default: docs/)")
     args = parser.parse_args()
     sanity_check(os.path.join(args.out, "sanity_check.png"))
+    transforms_gallery(os.path.join(args.out, "transforms.png"))
 
 
 if __name__ == "__main__":
