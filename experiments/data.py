@@ -130,13 +130,6 @@ def draw_params(distortion, count, rng):
     return params
 
 
-def normalised_pixel_centres(size):
-    """(size*size, 2) normalised (x, y) of a size×size canvas's pixel centres, row-major."""
-    axis = (np.arange(size) + 0.5) * 2 / size - 1
-    ys, xs = np.meshgrid(axis, axis, indexing="ij")
-    return np.stack([xs.ravel(), ys.ravel()], -1)
-
-
 SQUARE_CORNERS = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
 
 
@@ -144,7 +137,8 @@ def homographies(scale, corner_shift, canvas):
     """(N, 3, 3) homographies sending the scaled square, corners moved, onto the digit's square.
 
     Solved per digit from the four corner correspondences (direct linear transform, 8 unknowns,
-    the last entry fixed to 1), in normalised coordinates.
+    the last entry fixed to 1), in normalised coordinates: the parameters of keras_stn's
+    `projective` transform, which turns them into a sampling grid.
     """
     moved = SQUARE_CORNERS * scale[:, None, None] + corner_shift / (canvas / 2)
     x, y = moved[..., 0], moved[..., 1]
@@ -159,47 +153,17 @@ def homographies(scale, corner_shift, canvas):
 
 
 def projective_grid(scale, corner_shift, canvas):
-    """Sampling grids (N, S, S, 2) of `homographies` at the canvas's pixel centres."""
-    points = normalised_pixel_centres(canvas)
-    homogeneous = np.concatenate([points, np.ones((len(points), 1))], -1)
-    mapped = np.einsum("nij,pj->npi", homographies(scale, corner_shift, canvas), homogeneous)
-    denominator = mapped[..., 2:]
-    # Points whose line goes through infinity read nothing (far outside): the sampler gives 0.
-    safe = np.where(np.abs(denominator) < 1e-6, 1e-6, denominator)
-    return (mapped[..., :2] / safe).reshape(-1, canvas, canvas, 2)
-
-
-def tps_kernel(squared_distance):
-    return np.where(squared_distance > 0, squared_distance * np.log(np.maximum(squared_distance, 1e-30)), 0.0)
-
-
-def tps_system(lattice):
-    """Control points (K, 2) and the inverse of the TPS system matrix (K+3, K+3), once per lattice."""
-    axis = np.linspace(-1, 1, lattice)
-    ys, xs = np.meshgrid(axis, axis, indexing="ij")
-    controls = np.stack([xs.ravel(), ys.ravel()], -1)
-    count = len(controls)
-    kernel = tps_kernel(((controls[:, None] - controls[None]) ** 2).sum(-1))
-    affine = np.concatenate([np.ones((count, 1)), controls], -1)
-    system = np.zeros((count + 3, count + 3))
-    system[:count, :count] = kernel
-    system[:count, count:] = affine
-    system[count:, :count] = affine.T
-    return controls, np.linalg.inv(system)
+    """Sampling grids (N, S, S, 2) of `homographies`, through keras_stn's projective transform."""
+    params = homographies(scale, corner_shift, canvas).reshape(-1, 9)[:, :8].astype("float32")
+    return keras_stn.transforms.get("projective").grid(params, (canvas, canvas))
 
 
 def tps_grid(scale, control_shift, canvas):
-    """Grids of thin-plate splines through the displaced control points, then scaled by `scale`."""
-    controls, inverse = tps_system(TPS_LATTICE)
-    targets = controls + control_shift / (canvas / 2)
-    rhs = np.concatenate([targets, np.zeros((len(targets), 3, 2))], axis=1)
-    coefficients = np.einsum("ij,njk->nik", inverse, rhs)
-    points = normalised_pixel_centres(canvas)
-    basis = np.concatenate(
-        [tps_kernel(((points[:, None] - controls[None]) ** 2).sum(-1)), np.ones((len(points), 1)), points], -1
-    )
-    warped = np.einsum("pi,nik->npk", basis, coefficients)
-    return (warped / scale[:, None, None]).reshape(-1, canvas, canvas, 2)
+    """Sampling grids (N, S, S, 2) of a thin-plate spline through the lattice's displaced control
+    points (keras_stn's `tps_grid`), the digit then scaled by `scale` about the centre."""
+    offsets = (control_shift / (canvas / 2)).astype("float32")
+    grid = keras_stn.ops.tps_grid(offsets.reshape(len(offsets), -1), (canvas, canvas), grid_size=TPS_LATTICE)
+    return grid / keras.ops.convert_to_tensor(scale.astype("float32")[:, None, None, None])
 
 
 def paste_clutter(canvases, sources, params):
@@ -224,11 +188,9 @@ def warp(digits, distortion, params, start, stop):
     part = {name: value[start:stop] for name, value in params.items()}
     options = {"padding_mode": "zeros", "align_corners": False, "data_format": "channels_last"}
     if distortion == "p":
-        grid = projective_grid(part["scale"], part["corner_shift"], canvas).astype("float32")
-        out = keras_stn.ops.grid_sample(images, grid, **options)
+        out = keras_stn.ops.grid_sample(images, projective_grid(part["scale"], part["corner_shift"], canvas), **options)
     elif distortion == "e":
-        grid = tps_grid(part["scale"], part["control_shift"], canvas).astype("float32")
-        out = keras_stn.ops.grid_sample(images, grid, **options)
+        out = keras_stn.ops.grid_sample(images, tps_grid(part["scale"], part["control_shift"], canvas), **options)
     else:
         theta = similarity_theta(part["angle"], part["scale"], part["centre"], canvas)
         out = keras_stn.ops.affine_sample(images, theta, size=(canvas, canvas), **options)

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from conftest import synthetic_digits
 
+import keras_stn
 from experiments import data
+from helpers import to_numpy
 
 
 def bar_digit():
@@ -141,30 +143,32 @@ def test_homographies_send_the_moved_corners_onto_the_square_corners():
     )
 
 
+def identity_grid(size):
+    return to_numpy(keras_stn.ops.affine_grid(np.array([[1, 0, 0, 0, 1, 0]], "float32"), (size, size)))[0]
+
+
 def test_projective_grid_is_the_homography_at_pixel_centres():
     scale, shift = np.array([0.8]), np.random.default_rng(3).normal(0, 5, (1, 4, 2))
     h = data.homographies(scale, shift, 28)[0]
-    grid = data.projective_grid(scale, shift, 28)[0]
+    grid = to_numpy(data.projective_grid(scale, shift, 28))[0]
     x, y = (np.array([3, 20]) + 0.5) / 14 - 1  # pixel (row 20, column 3)
     expected = h @ [x, y, 1.0]
-    np.testing.assert_allclose(grid[20, 3], expected[:2] / expected[2], rtol=1e-9)
+    np.testing.assert_allclose(grid[20, 3], expected[:2] / expected[2], rtol=1e-5)
 
 
-def test_tps_grid_passes_through_displaced_control_points():
-    controls, inverse = data.tps_system(4)
-    shift = np.random.default_rng(3).normal(0, 1.5, (1, 16, 2))
-    rhs = np.concatenate([controls + shift[0] / 14, np.zeros((3, 2))])
-    coefficients = inverse @ rhs
-    kernel = data.tps_kernel(((controls[:, None] - controls[None]) ** 2).sum(-1))
-    basis = np.concatenate([kernel, np.ones((16, 1)), controls], -1)
-    np.testing.assert_allclose(basis @ coefficients, controls + shift[0] / 14, atol=1e-9)
+def test_elastic_shift_is_in_canvas_pixels_and_scale_zooms_about_the_centre():
+    # A thin-plate spline reproduces affine maps: moving every control point by the same
+    # (2, -1) pixels shifts the whole grid by that much.
+    shift = np.broadcast_to(np.array([2.0, -1.0]), (1, 16, 2))
+    grid = to_numpy(data.tps_grid(np.array([0.8]), shift, 28))[0]
+    expected = (identity_grid(28) + np.array([2.0, -1.0]) / 14) / 0.8
+    np.testing.assert_allclose(grid, expected, atol=1e-5)
 
 
 def test_elastic_displacement_is_smooth_and_about_the_documented_strength():
     shift = np.random.default_rng(4).normal(0, data.TPS_SIGMA_PX, (64, 16, 2))
-    grid = data.tps_grid(np.ones(64), shift, 28)
-    identity = data.normalised_pixel_centres(28).reshape(28, 28, 2)
-    displacement_px = (grid - identity) * 14
+    grid = to_numpy(data.tps_grid(np.ones(64), shift, 28))
+    displacement_px = (grid - identity_grid(28)) * 14
     rms = np.sqrt((displacement_px**2).mean())
     assert 0.5 < rms < 2.5
     step = np.abs(np.diff(displacement_px, axis=1))
