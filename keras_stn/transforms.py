@@ -104,7 +104,7 @@ class AffineTransform(Transform):
         """`to_theta` on validated params."""
 
     def grid_unchecked(self, params, height, width, align_corners):
-        return affine_grid_unchecked(self.theta_unchecked(params), height, width, align_corners)
+        return affine_grid_unchecked(self.theta_unchecked(params), (height, width), align_corners)
 
     def warp(self, images, params, size, interpolation, padding_mode, align_corners, data_format):
         theta = self.theta_unchecked(params)
