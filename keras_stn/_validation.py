@@ -9,6 +9,7 @@ import numbers
 import keras
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
+VOLUME_INTERPOLATIONS = ("bilinear", "nearest")  # bicubic is 2-D only, as in PyTorch
 PADDING_MODES = ("zeros", "border", "reflection")
 DATA_FORMATS = ("channels_last", "channels_first")
 
