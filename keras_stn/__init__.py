@@ -2,12 +2,13 @@
 
 from keras_stn import layers, ops, transforms
 from keras_stn.functional import spatial_transformer_network
-from keras_stn.layers import SpatialTransformer
+from keras_stn.layers import SpatialTransformer, SpatialTransformer3D
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SpatialTransformer",
+    "SpatialTransformer3D",
     "spatial_transformer_network",
     "ops",
     "transforms",

@@ -9,6 +9,7 @@ import numbers
 import keras
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
+VOLUME_INTERPOLATIONS = ("bilinear", "nearest")  # bicubic is 2-D only, as in PyTorch
 PADDING_MODES = ("zeros", "border", "reflection")
 DATA_FORMATS = ("channels_last", "channels_first")
 
@@ -33,20 +34,22 @@ def check_bool(name, value):
     return value
 
 
-def check_size(name, size):
-    """Validates a spatial size `(H, W)` of positive Python ints and returns it as a tuple."""
-    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 2:
-        raise ValueError(f"`{name}` must be a pair (height, width) of positive integers. Got {name}={size!r}")
+SIZE_NAMES = {2: "a pair (height, width)", 3: "a triple (depth, height, width)"}
+
+
+def check_size(name, size, ndim=2):
+    """Validates a spatial size of `ndim` positive Python ints, `(H, W)` or `(D, H, W)`, and
+    returns it as a tuple."""
+    message = f"`{name}` must be {SIZE_NAMES[ndim]} of positive integers. Got {name}={size!r}"
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != ndim:
+        raise ValueError(message)
     out = []
     for value in size:
         is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
         if not is_int:
-            raise TypeError(
-                f"`{name}` must be a pair (height, width) of positive integers. Got {name}={size!r} "
-                f"containing {value!r} of type {type(value).__name__}"
-            )
+            raise TypeError(f"{message} containing {value!r} of type {type(value).__name__}")
         if value <= 0:
-            raise ValueError(f"`{name}` must be a pair (height, width) of positive integers. Got {name}={size!r}")
+            raise ValueError(message)
         out.append(int(value))
     return tuple(out)
 

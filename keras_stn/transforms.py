@@ -18,6 +18,12 @@ Built in, by name:
 
 Use a name or an instance (e.g. `ThinPlateSpline(grid_size=4)`) wherever a transform is
 expected; `get()` resolves either.
+
+Volumetric (3-D) transforms, for `SpatialTransformer3D`, have a registry of their own, so the
+same names mean their 3-D counterparts there (`get(name, spatial_rank=3)`):
+
+- `"affine"` (`Affine3D`): the general 3-D affine map, 12 parameters, theta `(B, 3, 4)`.
+- `"attention"` (`Attention3D`): isotropic scale and translation, 4 parameters `(s, tx, ty, tz)`.
 """
 
 import abc
@@ -37,6 +43,8 @@ class Transform(abc.ABC):
 
     name = None
     num_params = None
+    # 2 for images (grids `(B, H, W, 2)`), 3 for volumes (grids `(B, D, H, W, 3)`).
+    spatial_rank = 2
 
     @abc.abstractmethod
     def identity_params(self):
@@ -46,32 +54,37 @@ class Transform(abc.ABC):
         params = ops.convert_to_tensor(params)
         shape = tuple(params.shape)
         if len(shape) != 2 or shape[1] != self.num_params:
+            kind = f"{self.name!r}" if self.spatial_rank == 2 else f"{self.spatial_rank}-D {self.name!r}"
             raise ValueError(
-                f"`params` of the {self.name!r} transform must have shape (batch, {self.num_params}). "
+                f"`params` of the {kind} transform must have shape (batch, {self.num_params}). "
                 f"Got params with shape {shape}"
             )
         v.check_floating("params", params)
         return params
 
     def grid(self, params, size, align_corners=False):
-        """Sampling grid `(B, H, W, 2)` for output `size = (H, W)`; see `ops.affine_grid`."""
-        height, width = v.check_size("size", size)
+        """Sampling grid `(B, H, W, 2)` for output `size = (H, W)`; see `ops.affine_grid`.
+
+        For a 3-D transform, `(B, D, H, W, 3)` for `size = (D, H, W)`."""
+        size = v.check_size("size", size, self.spatial_rank)
         v.check_bool("align_corners", align_corners)
-        return self.grid_unchecked(self.check_params(params), height, width, align_corners)
+        return self.grid_unchecked(self.check_params(params), *size, align_corners)
 
     @abc.abstractmethod
     def grid_unchecked(self, params, height, width, align_corners):
-        """`grid` on validated params; `height`/`width` may be scalar tensors (dynamic sizes)."""
+        """`grid` on validated params; `height`/`width` may be scalar tensors (dynamic sizes).
+
+        A 3-D transform takes `(params, depth, height, width, align_corners)`."""
 
     def warp(self, images, params, size, interpolation, padding_mode, align_corners, data_format):
         """Samples validated `images` through the grid of `params`; `size=None` keeps the input's.
 
         What `SpatialTransformer` calls; subclasses override it where a fused path exists."""
         if size is None:
-            static = images.shape[1:3] if data_format == "channels_last" else images.shape[2:4]
-            dynamic = ops.shape(images)[1:3] if data_format == "channels_last" else ops.shape(images)[2:4]
-            size = tuple(s if s is not None else d for s, d in zip(static, dynamic))
-        grid = self.grid_unchecked(params, size[0], size[1], align_corners)
+            first = 1 if data_format == "channels_last" else 2
+            axes = slice(first, first + self.spatial_rank)
+            size = tuple(s if s is not None else d for s, d in zip(images.shape[axes], ops.shape(images)[axes]))
+        grid = self.grid_unchecked(params, *size, align_corners)
         return grid_sample(images, grid, interpolation, padding_mode, align_corners, data_format)
 
     def get_config(self):
@@ -96,7 +109,7 @@ class AffineTransform(Transform):
     """A transform whose grid is `affine_grid(to_theta(params))`."""
 
     def to_theta(self, params):
-        """The `(B, 2, 3)` affine matrix of a batch of parameters."""
+        """The `(B, 2, 3)` affine matrix of a batch of parameters (`(B, 3, 4)` for 3-D ones)."""
         return self.theta_unchecked(self.check_params(params))
 
     @abc.abstractmethod
@@ -104,15 +117,24 @@ class AffineTransform(Transform):
         """`to_theta` on validated params."""
 
     def grid_unchecked(self, params, height, width, align_corners):
-        return affine_grid_unchecked(self.theta_unchecked(params), height, width, align_corners)
+        return affine_grid_unchecked(self.theta_unchecked(params), (height, width), align_corners)
 
     def warp(self, images, params, size, interpolation, padding_mode, align_corners, data_format):
         theta = self.theta_unchecked(params)
         return affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format)
 
 
+class AffineTransform3D(AffineTransform):
+    """A volumetric transform whose grid is `affine_grid(to_theta(params))`, theta `(B, 3, 4)`."""
+
+    spatial_rank = 3
+
+    def grid_unchecked(self, params, depth, height, width, align_corners):
+        return affine_grid_unchecked(self.theta_unchecked(params), (depth, height, width), align_corners)
+
+
 def matrix(rows):
-    """Builds `(B, 2, 3)` from two rows of three `(B,)` tensors."""
+    """Builds `(B, 2, 3)` from two rows of three `(B,)` tensors (or `(B, 3, 4)` from three of four)."""
     return ops.stack([ops.stack(row, axis=-1) for row in rows], axis=1)
 
 
@@ -238,27 +260,73 @@ class ThinPlateSpline(Transform):
         return {"grid_size": self.grid_size}
 
 
+@keras.saving.register_keras_serializable(package="keras_stn")
+class Affine3D(AffineTransform3D):
+    """General 3-D affine transform, 12 parameters: theta in row-major order,
+    `[[a, b, c, tx], [d, e, f, ty], [g, h, i, tz]]`, mapping output `(x, y, z)` to input
+    coordinates (`z` along the depth). Identity: `(1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0)`."""
+
+    name = "affine"
+    num_params = 12
+
+    def identity_params(self):
+        return np.eye(3, 4, dtype="float32").ravel()
+
+    def theta_unchecked(self, params):
+        return ops.reshape(params, (-1, 3, 4))
+
+
+@keras.saving.register_keras_serializable(package="keras_stn")
+class Attention3D(AffineTransform3D):
+    """Isotropic 3-D scale and translation, 4 parameters `(s, tx, ty, tz)`:
+    `[[s, 0, 0, tx], [0, s, 0, ty], [0, 0, s, tz]]`. Identity: `(1, 0, 0, 0)`. `s < 1` zooms
+    into a box of relative size `s` centred at `(tx, ty, tz)`."""
+
+    name = "attention"
+    num_params = 4
+
+    def identity_params(self):
+        return np.array([1, 0, 0, 0], "float32")
+
+    def theta_unchecked(self, params):
+        s, tx, ty, tz = params[:, 0], params[:, 1], params[:, 2], params[:, 3]
+        zero = ops.zeros_like(s)
+        return matrix([[s, zero, zero, tx], [zero, s, zero, ty], [zero, zero, s, tz]])
+
+
 TRANSFORMS = {cls.name: cls for cls in (Affine, Attention, Translation, Similarity, Projective, ThinPlateSpline)}
+TRANSFORMS_3D = {cls.name: cls for cls in (Affine3D, Attention3D)}
+REGISTRIES = {2: TRANSFORMS, 3: TRANSFORMS_3D}
 
 
-def get(identifier):
-    """Resolves a transform name, instance or serialised config to a `Transform` instance."""
+def get(identifier, spatial_rank=2):
+    """Resolves a transform name, instance or serialised config to a `Transform` instance.
+
+    `spatial_rank=3` looks names up among the volumetric transforms (`TRANSFORMS_3D`) and
+    requires instances and configs to be volumetric too; 2 (the default) the same for images.
+    """
+    registry = REGISTRIES[spatial_rank]
+    transform = None
     if isinstance(identifier, Transform):
-        return identifier
-    if isinstance(identifier, dict):
+        transform = identifier
+    elif isinstance(identifier, dict):
         transform = keras.saving.deserialize_keras_object(identifier)
-        if isinstance(transform, Transform):
-            return transform
-    if isinstance(identifier, str) and identifier in TRANSFORMS:
-        return TRANSFORMS[identifier]()
-    raise ValueError(
-        f"`transform` must be one of {', '.join(repr(n) for n in TRANSFORMS)} or a "
-        f"keras_stn.transforms.Transform instance. Got transform={identifier!r}"
-    )
+    elif isinstance(identifier, str) and identifier in registry:
+        return registry[identifier]()
+    if isinstance(transform, Transform) and transform.spatial_rank == spatial_rank:
+        return transform
+    names = ", ".join(repr(n) for n in registry)
+    if spatial_rank != 2:
+        names = f"the {spatial_rank}-D transforms {names}"
+    instance = "a keras_stn.transforms.Transform instance"
+    if spatial_rank != 2 or isinstance(transform, Transform):  # a transform of the other rank
+        instance += f" with spatial_rank={spatial_rank}"
+    raise ValueError(f"`transform` must be one of {names} or {instance}. Got transform={identifier!r}")
 
 
 def serialize(transform):
     """A built-in transform without options serialises as its name, anything else as a config."""
-    if type(transform) is TRANSFORMS.get(transform.name) and not transform.get_config():
+    registry = REGISTRIES.get(transform.spatial_rank, {})
+    if type(transform) is registry.get(transform.name) and not transform.get_config():
         return transform.name
     return keras.saving.serialize_keras_object(transform)

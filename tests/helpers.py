@@ -1,4 +1,5 @@
-"""Backend-agnostic test helpers: conversion to NumPy and gradients under every backend."""
+"""Backend-agnostic test helpers: conversion to NumPy, gradients under every backend, and the
+coordinate conversions the op tests build their grids with."""
 
 import keras
 import numpy as np
@@ -37,3 +38,31 @@ def value_and_grad(fn, *args):
         raise RuntimeError(f"unsupported backend {BACKEND}")
     grads = [np.zeros_like(a) if g is None else to_numpy(g) for a, g in zip(args, grads)]
     return to_numpy(value), grads
+
+
+def to_pixels(coord, size, align_corners):
+    """Normalised coordinate -> pixel coordinate (0 = centre of the first pixel), float64."""
+    coord = np.asarray(coord, np.float64)
+    if align_corners:
+        return (coord + 1) / 2 * (size - 1)
+    return ((coord + 1) * size - 1) / 2
+
+
+def to_normalized(pixel, size, align_corners):
+    if align_corners:
+        return 2 * pixel / (size - 1) - 1
+    return (2 * pixel + 1) / size - 1
+
+
+def away_from_kinks(pixel, margin):
+    """Maps the fractional part of `pixel` into [m, 0.5 - m] U [0.5 + m, 1 - m]."""
+    whole = np.floor(pixel)
+    frac = pixel - whole
+    squeeze = (0.5 - 2 * margin) / 0.5
+    frac = np.where(frac < 0.5, margin + frac * squeeze, 0.5 + margin + (frac - 0.5) * squeeze)
+    return whole + frac
+
+
+def loss_weights(rng, shape, dtype="float64"):
+    """Random cotangent, so that gradients are not mere sums."""
+    return rng.normal(size=shape).astype(dtype)

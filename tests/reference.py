@@ -1,4 +1,5 @@
-"""Pure-NumPy reference of PyTorch's 2-D affine_grid / grid_sample semantics (channels-last).
+"""Pure-NumPy reference of PyTorch's affine_grid / grid_sample semantics (channels-last), for
+images and (bilinear and nearest only) volumes.
 
 Written independently of keras_stn, in float64, one tap at a time, for the tests to compare
 against. Non-finite grid points follow keras_stn's documented rule: they produce 0.
@@ -135,4 +136,46 @@ def grid_sample_ref(images, grid, interpolation="bilinear", padding_mode="zeros"
             for dy, wy in ((0, 1 - fy), (1, fy)):
                 for dx, wx in ((0, 1 - fx), (1, fx)):
                     out += (wx * wy)[..., None] * _read(images, b, y0 + dy, x0 + dx)
+    return out * finite[..., None]
+
+
+def affine_grid_3d_ref(theta, size, align_corners=False):
+    """`(B, D, H, W, 3)` grid of `(B, 3, 4)` thetas; output voxel `(x, y, z)` reads `theta @ [x, y, z, 1]`."""
+    theta = np.asarray(theta)
+    z, y, x = np.meshgrid(*(_centres(n, align_corners) for n in size), indexing="ij")
+    points = np.stack([x, y, z, np.ones_like(x)], axis=-1)
+    return np.einsum("dhwk,bjk->bdhwj", points, theta.astype(np.float64)).astype(theta.dtype)
+
+
+def _read_3d(volumes, b, zi, yi, xi):
+    """Voxel values at integer positions; zero where outside the volume."""
+    _, depth, height, width, _ = volumes.shape
+    inside = (xi >= 0) & (xi <= width - 1) & (yi >= 0) & (yi <= height - 1) & (zi >= 0) & (zi <= depth - 1)
+    zc, yc, xc = (np.clip(i, 0, n - 1).astype(np.int64) for i, n in ((zi, depth), (yi, height), (xi, width)))
+    return volumes[b, zc, yc, xc] * inside[..., None]
+
+
+def grid_sample_3d_ref(volumes, grid, interpolation="bilinear", padding_mode="zeros", align_corners=False):
+    """Trilinear (`"bilinear"`) or nearest sampling of `(B, D, H, W, C)` volumes at a
+    `(B, Do, Ho, Wo, 3)` grid of `(x, y, z)`, float64, one corner at a time."""
+    volumes = np.asarray(volumes, np.float64)
+    grid = np.asarray(grid, np.float64)
+    batch, depth, height, width, channels = volumes.shape
+    finite = np.isfinite(grid).all(axis=-1)
+    grid = np.where(finite[..., None], grid, 0.0)
+    x, y, z = (
+        _pad(_unnormalize(grid[..., k], n, align_corners), n, padding_mode, align_corners)
+        for k, n in enumerate((width, height, depth))
+    )
+    b = np.arange(batch).reshape(-1, 1, 1, 1) * np.ones_like(x, dtype=np.int64)
+    if interpolation == "nearest":
+        out = _read_3d(volumes, b, np.rint(z), np.rint(y), np.rint(x))
+    else:
+        x0, y0, z0 = np.floor(x), np.floor(y), np.floor(z)
+        fx, fy, fz = x - x0, y - y0, z - z0
+        out = np.zeros(x.shape + (channels,))
+        for dz, wz in ((0, 1 - fz), (1, fz)):
+            for dy, wy in ((0, 1 - fy), (1, fy)):
+                for dx, wx in ((0, 1 - fx), (1, fx)):
+                    out += (wx * wy * wz)[..., None] * _read_3d(volumes, b, z0 + dz, y0 + dy, x0 + dx)
     return out * finite[..., None]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from helpers import BACKEND, to_numpy, value_and_grad
+from helpers import BACKEND, away_from_kinks, loss_weights, to_normalized, to_numpy, to_pixels, value_and_grad
 from keras_stn.ops import affine_grid, affine_sample, grid_sample
 from reference import affine_grid_ref, grid_sample_ref
 
@@ -40,29 +40,6 @@ shapes = pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
 # --------------------------------------------------------------------------------------------
 # Test data
 # --------------------------------------------------------------------------------------------
-
-
-def to_pixels(coord, size, align_corners):
-    """Normalised coordinate -> pixel coordinate (0 = centre of the first pixel), float64."""
-    coord = np.asarray(coord, np.float64)
-    if align_corners:
-        return (coord + 1) / 2 * (size - 1)
-    return ((coord + 1) * size - 1) / 2
-
-
-def to_normalized(pixel, size, align_corners):
-    if align_corners:
-        return 2 * pixel / (size - 1) - 1
-    return (2 * pixel + 1) / size - 1
-
-
-def away_from_kinks(pixel, margin):
-    """Maps the fractional part of `pixel` into [m, 0.5 - m] U [0.5 + m, 1 - m]."""
-    whole = np.floor(pixel)
-    frac = pixel - whole
-    squeeze = (0.5 - 2 * margin) / 0.5
-    frac = np.where(frac < 0.5, margin + frac * squeeze, 0.5 + margin + (frac - 0.5) * squeeze)
-    return whole + frac
 
 
 def random_grid(rng, batch, out_size, in_size, align_corners, low=-1.5, high=1.5, margin=1e-3, dtype="float32"):
@@ -119,11 +96,6 @@ def exact_positions_grid(in_size, align_corners):
     xs, ys = axis(in_size[1]), axis(in_size[0])
     x, y = np.meshgrid(xs, ys)
     return np.stack([x, y], axis=-1)[None].astype("float32")
-
-
-def loss_weights(rng, shape, dtype="float64"):
-    """Random cotangent, so that gradients are not mere sums."""
-    return rng.normal(size=shape).astype(dtype)
 
 
 # --------------------------------------------------------------------------------------------

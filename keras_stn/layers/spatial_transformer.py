@@ -1,4 +1,8 @@
-"""The SpatialTransformer layer: localization net -> regression head -> transform -> grid -> sampler."""
+"""The spatial transformer layers: localization net -> regression head -> transform -> grid -> sampler.
+
+`SpatialTransformer` warps images (rank-4 inputs), `SpatialTransformer3D` volumes (rank-5
+inputs); both are `SpatialTransformerBase` with a different number of spatial axes.
+"""
 
 import copy
 
@@ -6,11 +10,135 @@ import keras
 
 from keras_stn import _validation as v
 from keras_stn import transforms as transforms_lib
-from keras_stn.layers.localization import default_localization
+from keras_stn.layers.localization import default_localization, default_localization_3d
+
+
+class SpatialTransformerBase(keras.layers.Layer):
+    """What `SpatialTransformer` and `SpatialTransformer3D` share; see those for the arguments.
+
+    Subclasses set `spatial_rank` (2 or 3: the inputs have rank `spatial_rank + 2`), the
+    `interpolations` they support and `default_localization`, the network built when
+    `localization=None`.
+    """
+
+    spatial_rank = None
+    interpolations = None
+
+    def __init__(
+        self,
+        out_dims=None,
+        transform="affine",
+        localization=None,
+        interpolation="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+        data_format=None,
+        return_theta=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        rank = self.spatial_rank
+        self.out_dims = None if out_dims is None else v.check_size("out_dims", out_dims, rank)
+        self.transform = transforms_lib.get(transform, rank)
+        self.interpolation = v.check_choice("interpolation", interpolation, self.interpolations)
+        self.padding_mode = v.check_choice("padding_mode", padding_mode, v.PADDING_MODES)
+        self.align_corners = v.check_bool("align_corners", align_corners)
+        self.data_format = v.standardize_data_format(data_format)
+        self.return_theta = v.check_bool("return_theta", return_theta)
+        if localization is not None and not isinstance(localization, keras.layers.Layer):
+            raise TypeError(
+                "`localization` must be a Keras layer or model (or None for the default CNN). "
+                f"Got localization={localization!r}"
+            )
+        self.has_custom_localization = localization is not None
+        self.localization = localization
+        identity = self.transform.identity_params()
+        self.head = keras.layers.Dense(
+            self.transform.num_params,
+            kernel_initializer="zeros",
+            bias_initializer=keras.initializers.Constant(identity),
+            dtype="float32",
+            name="theta_head",
+        )
+        self.input_spec = keras.layers.InputSpec(ndim=rank + 2)
+
+    def default_localization(self, input_shape):
+        """The network `build` creates when `localization=None`, for inputs of `input_shape`."""
+        raise NotImplementedError
+
+    def spatial_dims(self, shape):
+        first = 1 if self.data_format == "channels_last" else 2
+        return tuple(shape[first : first + self.spatial_rank])
+
+    def build(self, input_shape):
+        if self.localization is None:
+            self.localization = self.default_localization(input_shape)
+        if not self.localization.built:
+            self.localization.build(input_shape)
+        features_shape = tuple(self.localization.compute_output_shape(input_shape))
+        if len(features_shape) != 2 or features_shape[-1] is None:
+            raise ValueError(
+                "`localization` must map the input to a (batch, features) tensor with a known "
+                f"number of features. Got output shape {features_shape} for input shape {tuple(input_shape)}"
+            )
+        self.head.build(features_shape)
+
+    def call(self, inputs):
+        theta = self.head(self.localization(inputs))
+        outputs = self.transform.warp(
+            inputs,
+            theta,
+            self.out_dims,
+            self.interpolation,
+            self.padding_mode,
+            self.align_corners,
+            self.data_format,
+        )
+        return (outputs, theta) if self.return_theta else outputs
+
+    def compute_output_shape(self, input_shape):
+        dims = self.out_dims if self.out_dims is not None else self.spatial_dims(input_shape)
+        batch = input_shape[0]
+        if self.data_format == "channels_last":
+            shape = (batch, *dims, input_shape[-1])
+        else:
+            shape = (batch, input_shape[1], *dims)
+        if self.return_theta:
+            return shape, (batch, self.transform.num_params)
+        return shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "out_dims": self.out_dims,
+                "transform": transforms_lib.serialize(self.transform),
+                "localization": (
+                    keras.saving.serialize_keras_object(self.localization) if self.has_custom_localization else None
+                ),
+                "interpolation": self.interpolation,
+                "padding_mode": self.padding_mode,
+                "align_corners": self.align_corners,
+                "data_format": self.data_format,
+                "return_theta": self.return_theta,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Deserialising a nested model consumes its config in place: work on a deep copy so the
+        # caller's dict survives (it may be reused, e.g. by `from_config` twice).
+        config = copy.deepcopy(config)
+        if isinstance(config.get("localization"), dict):
+            config["localization"] = keras.saving.deserialize_keras_object(config["localization"])
+        if config.get("out_dims") is not None:
+            config["out_dims"] = tuple(config["out_dims"])
+        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="keras_stn")
-class SpatialTransformer(keras.layers.Layer):
+class SpatialTransformer(SpatialTransformerBase):
     """Spatial transformer (Jaderberg et al., 2015): learns where to look, then resamples.
 
     The layer runs a localization network on its input, regresses the transform's parameters
@@ -52,108 +180,55 @@ class SpatialTransformer(keras.layers.Layer):
         >>> x = keras.layers.Conv2D(32, 3, activation="relu")(x)
     """
 
-    def __init__(
-        self,
-        out_dims=None,
-        transform="affine",
-        localization=None,
-        interpolation="bilinear",
-        padding_mode="zeros",
-        align_corners=False,
-        data_format=None,
-        return_theta=False,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.out_dims = None if out_dims is None else v.check_size("out_dims", out_dims)
-        self.transform = transforms_lib.get(transform)
-        self.interpolation = v.check_choice("interpolation", interpolation, v.INTERPOLATIONS)
-        self.padding_mode = v.check_choice("padding_mode", padding_mode, v.PADDING_MODES)
-        self.align_corners = v.check_bool("align_corners", align_corners)
-        self.data_format = v.standardize_data_format(data_format)
-        self.return_theta = v.check_bool("return_theta", return_theta)
-        if localization is not None and not isinstance(localization, keras.layers.Layer):
-            raise TypeError(
-                "`localization` must be a Keras layer or model (or None for the default CNN). "
-                f"Got localization={localization!r}"
-            )
-        self.has_custom_localization = localization is not None
-        self.localization = localization
-        identity = self.transform.identity_params()
-        self.head = keras.layers.Dense(
-            self.transform.num_params,
-            kernel_initializer="zeros",
-            bias_initializer=keras.initializers.Constant(identity),
-            dtype="float32",
-            name="theta_head",
-        )
-        self.input_spec = keras.layers.InputSpec(ndim=4)
+    spatial_rank = 2
+    interpolations = v.INTERPOLATIONS
 
-    def spatial_dims(self, shape):
-        return tuple(shape[1:3]) if self.data_format == "channels_last" else tuple(shape[2:4])
+    def default_localization(self, input_shape):
+        return default_localization(input_shape, self.data_format, dtype=self.dtype_policy)
 
-    def build(self, input_shape):
-        if self.localization is None:
-            self.localization = default_localization(input_shape, self.data_format, dtype=self.dtype_policy)
-        if not self.localization.built:
-            self.localization.build(input_shape)
-        features_shape = tuple(self.localization.compute_output_shape(input_shape))
-        if len(features_shape) != 2 or features_shape[-1] is None:
-            raise ValueError(
-                "`localization` must map the input to a (batch, features) tensor with a known "
-                f"number of features. Got output shape {features_shape} for input shape {tuple(input_shape)}"
-            )
-        self.head.build(features_shape)
 
-    def call(self, inputs):
-        theta = self.head(self.localization(inputs))
-        outputs = self.transform.warp(
-            inputs,
-            theta,
-            self.out_dims,
-            self.interpolation,
-            self.padding_mode,
-            self.align_corners,
-            self.data_format,
-        )
-        return (outputs, theta) if self.return_theta else outputs
+@keras.saving.register_keras_serializable(package="keras_stn")
+class SpatialTransformer3D(SpatialTransformerBase):
+    """Volumetric spatial transformer: the `SpatialTransformer` of rank-5 inputs.
 
-    def compute_output_shape(self, input_shape):
-        height, width = self.out_dims if self.out_dims is not None else self.spatial_dims(input_shape)
-        batch = input_shape[0]
-        if self.data_format == "channels_last":
-            shape = (batch, height, width, input_shape[3])
-        else:
-            shape = (batch, input_shape[1], height, width)
-        if self.return_theta:
-            return shape, (batch, self.transform.num_params)
-        return shape
+    The same pipeline as `SpatialTransformer` (localization net, a dense head with a zero
+    kernel and the identity as bias, transform, grid, sampler) on volumes `(B, D, H, W, C)`:
+    at initialisation it returns its input exactly (when `out_dims` equals the input size) and
+    training starts from "no warp". Coordinates follow `keras_stn.ops.affine_grid` for volumes:
+    theta `(3, 4)` maps output `(x, y, z)` to input `(x, y, z)` in `[-1, 1]`, `z` along the
+    depth, the same numbers as PyTorch's 5-D `affine_grid` / `grid_sample`. The head and the
+    grid are computed in float32 even under a mixed-precision policy; the sampled output has
+    the layer's compute dtype.
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "out_dims": self.out_dims,
-                "transform": transforms_lib.serialize(self.transform),
-                "localization": (
-                    keras.saving.serialize_keras_object(self.localization) if self.has_custom_localization else None
-                ),
-                "interpolation": self.interpolation,
-                "padding_mode": self.padding_mode,
-                "align_corners": self.align_corners,
-                "data_format": self.data_format,
-                "return_theta": self.return_theta,
-            }
-        )
-        return config
+    Args:
+        out_dims: output `(depth, height, width)`; `None` keeps the input's.
+        transform: `"affine"` (default; 12 parameters, the row-major `(3, 4)` theta),
+            `"attention"` (4 parameters `(s, tx, ty, tz)`: `[[s,0,0,tx],[0,s,0,ty],[0,0,s,tz]]`),
+            or a 3-D `keras_stn.transforms.Transform` instance (`spatial_rank = 3`).
+        localization: a Keras layer or model mapping the input to a `(B, features)` tensor;
+            `None` builds `keras_stn.layers.default_localization_3d` for the input shape.
+        interpolation: `"bilinear"` (default; trilinear, PyTorch's name for it with volumes)
+            or `"nearest"`. Bicubic sampling is 2-D only.
+        padding_mode: `"zeros"` (default), `"border"` or `"reflection"`.
+        align_corners: bool, see `keras_stn.ops.affine_grid`.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+        return_theta: if True, the layer returns `(outputs, theta)` where `theta` is the
+            regressed `(B, transform.num_params)` parameters of the same forward pass
+            (`layer.transform.to_theta(theta)` gives the `(B, 3, 4)` matrix).
+        **kwargs: standard layer arguments (`name`, `dtype`, ...).
 
-    @classmethod
-    def from_config(cls, config):
-        # Deserialising a nested model consumes its config in place: work on a deep copy so the
-        # caller's dict survives (it may be reused, e.g. by `from_config` twice).
-        config = copy.deepcopy(config)
-        if isinstance(config.get("localization"), dict):
-            config["localization"] = keras.saving.deserialize_keras_object(config["localization"])
-        if config.get("out_dims") is not None:
-            config["out_dims"] = tuple(config["out_dims"])
-        return cls(**config)
+    Input shape: `(B, D, H, W, C)` (channels_last) or `(B, C, D, H, W)` (channels_first).
+    Output shape: `(B, out_D, out_H, out_W, C)` or `(B, C, out_D, out_H, out_W)`.
+
+    Example:
+        >>> inputs = keras.Input((32, 32, 32, 1))
+        >>> x = SpatialTransformer3D(out_dims=(16, 16, 16), transform="attention")(inputs)
+        >>> x = keras.layers.Conv3D(8, 3, activation="relu")(x)
+    """
+
+    spatial_rank = 3
+    interpolations = v.VOLUME_INTERPOLATIONS
+
+    def default_localization(self, input_shape):
+        return default_localization_3d(input_shape, self.data_format, dtype=self.dtype_policy)

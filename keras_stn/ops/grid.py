@@ -2,6 +2,8 @@
 
 A grid has shape `(B, H_out, W_out, 2)`; its last axis holds `(x, y)` in the normalised frame
 where `-1` and `+1` are the left/top and right/bottom edges of the input (see `align_corners`).
+A volumetric grid has shape `(B, D_out, H_out, W_out, 3)`, last axis `(x, y, z)`, with `z`
+running along the depth axis in the same way.
 """
 
 from keras import ops
@@ -32,6 +34,24 @@ def check_theta(theta, name="theta", rows=2):
     return theta
 
 
+def theta_ndim(shape):
+    """Spatial dimensionality of an affine theta of this shape: 2 for `(B, 2, 3)`/`(B, 6)`, 3 for
+    `(B, 3, 4)`/`(B, 12)`, `None` for anything else. The four shapes are distinct, so a theta
+    always says which it is."""
+    for rows in (2, 3):
+        cols = rows + 1
+        if (len(shape) == 2 and shape[1] == rows * cols) or (len(shape) == 3 and tuple(shape[1:]) == (rows, cols)):
+            return rows
+    return None
+
+
+def size_ndim(size):
+    """2 or 3 for a `size` of that length (whatever its entries), else `None`."""
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) not in (2, 3):
+        return None
+    return len(size)
+
+
 def base_coordinates(size, align_corners, dtype):
     """Normalised centres of `size` pixels along one axis, as `torch.nn.functional.affine_grid`.
 
@@ -46,65 +66,81 @@ def base_coordinates(size, align_corners, dtype):
 
 
 def affine_pixel_coordinates(theta, in_size, out_size, align_corners, dtype):
-    """Input *pixel* coordinates `(px, py)`, each `(B, H_out, W_out)`, read by affine `theta`.
+    """Input *pixel* coordinates read by affine `theta`, one `(B, *out_size)` tensor per axis,
+    `x` first: `[px, py]` for sizes `(height, width)`, `[px, py, pz]` for `(depth, height, width)`.
 
     The same points as unnormalising `affine_grid(theta, out_size)` for an input of `in_size`,
     but with the normalisation folded into theta's coefficients: along each axis, with
     `a = i + h` (`h = 0` with corners aligned, else `0.5`), `s = size - 1` or `size`, and
     `d = max(s_out, 1)`:
-        x_norm_out = (2 a - s_out) / d,   px = s_in / 2 * (theta @ [x, y, 1] + 1) - h.
-    Expanded, `px = t00 * (s_in/d_x) * a_x + t01 * (s_in/d_y) * a_y + offset`, which is exact
-    for the identity and for whole-pixel translations (the ratios are exactly 1), so an
-    identity warp returns its input bit for bit. Sizes are `(height, width)`, ints or tensors.
+        x_norm_out = (2 a - s_out) / d,   px = s_in / 2 * (theta @ [x, y, (z,) 1] + 1) - h.
+    Expanded, `px = t00 * (s_in/d_x) * a_x + t01 * (s_in/d_y) * a_y + ... + offset`, which is
+    exact for the identity and for whole-pixel translations (the ratios are exactly 1), so an
+    identity warp returns its input bit for bit. Sizes are ints or scalar tensors.
     """
     theta = ops.cast(theta, dtype)
+    ndim = len(out_size)
     half = 0.0 if align_corners else 0.5
-    spans_in = [ops.cast(n, dtype) - (1 if align_corners else 0) for n in in_size]
-    spans_out = [ops.cast(n, dtype) - (1 if align_corners else 0) for n in out_size]
+    # Index k runs over the coordinates x, y(, z), i.e. over the size axes from the last one.
+    spans_in = [ops.cast(n, dtype) - (1 if align_corners else 0) for n in reversed(in_size)]
+    spans_out = [ops.cast(n, dtype) - (1 if align_corners else 0) for n in reversed(out_size)]
     denominators = [ops.maximum(s, 1) for s in spans_out]
-    height_out, width_out = out_size
-    a_y = ops.reshape(ops.cast(ops.arange(height_out), dtype) + half, (1, -1, 1))
-    a_x = ops.reshape(ops.cast(ops.arange(width_out), dtype) + half, (1, 1, -1))
+    positions = []
+    for k, n in enumerate(reversed(out_size)):
+        shape = [1] * (ndim + 1)
+        shape[ndim - k] = -1
+        positions.append(ops.reshape(ops.cast(ops.arange(n), dtype) + half, shape))
 
-    def axis(r):  # r = 0 for x (uses width), 1 for y (uses height)
-        span_in = spans_in[1 - r]
-        t = [ops.reshape(theta[:, r, c], (-1, 1, 1)) for c in range(3)]
-        scale_x = span_in / denominators[1]
-        scale_y = span_in / denominators[0]
-        offset = (
-            span_in / 2 * (t[2] + 1 - t[0] * (spans_out[1] / denominators[1]) - t[1] * (spans_out[0] / denominators[0]))
-            - half
-        )
-        return t[0] * scale_x * a_x + t[1] * scale_y * a_y + offset
+    def axis(r):  # the input coordinate of row r of theta: x (r = 0), y, z
+        span_in = spans_in[r]
+        t = [ops.reshape(theta[:, r, c], (-1,) + (1,) * ndim) for c in range(ndim + 1)]
+        linear = t[0] * (span_in / denominators[0]) * positions[0]
+        for k in range(1, ndim):
+            linear = linear + t[k] * (span_in / denominators[k]) * positions[k]
+        centred = t[ndim] + 1
+        for k in range(ndim):
+            centred = centred - t[k] * (spans_out[k] / denominators[k])
+        return linear + (span_in / 2 * centred - half)
 
-    return axis(0), axis(1)
-
-
-def pixel_centres(height, width, align_corners, dtype):
-    """Normalised output pixel centres: `x` of shape `(1, 1, W)` and `y` of shape `(1, H, 1)`."""
-    xs = ops.reshape(base_coordinates(width, align_corners, dtype), (1, 1, -1))
-    ys = ops.reshape(base_coordinates(height, align_corners, dtype), (1, -1, 1))
-    return xs, ys
+    return [axis(r) for r in range(ndim)]
 
 
-def linear_form(coefficients, xs, ys):
-    """`a * x + b * y + c` for coefficients `(a, b, c)`, each `(B,)`, broadcast to `(B, H, W)`.
+def pixel_centres(size, align_corners, dtype):
+    """Normalised output pixel centres, one tensor per axis of `size`, `x` first: for `(H, W)`,
+    `x` of shape `(1, 1, W)` and `y` of shape `(1, H, 1)`; for `(D, H, W)` also `z` `(1, D, 1, 1)`."""
+    ndim = len(size)
+    centres = []
+    for k, n in enumerate(reversed(size)):
+        shape = [1] * (ndim + 1)
+        shape[ndim - k] = -1
+        centres.append(ops.reshape(base_coordinates(n, align_corners, dtype), shape))
+    return centres
+
+
+def linear_form(coefficients, *coordinates):
+    """`a * x + b * y (+ c * z) + d` for coefficients `(a, b, (c,) d)`, each `(B,)`, broadcast to
+    the coordinates' shape with a leading batch axis.
 
     Elementwise rather than a matmul: exact in float32 on every device (GPU matmuls may use
-    reduced-precision TF32), and only 2 multiply-adds per output pixel.
+    reduced-precision TF32), and only one multiply-add per coordinate and output pixel.
     """
-    a, b, c = (ops.reshape(k, (-1, 1, 1)) for k in coefficients)
-    return a * xs + b * ys + c
+    *scales, constant = (ops.reshape(k, (-1,) + (1,) * len(coordinates)) for k in coefficients)
+    out = scales[0] * coordinates[0]
+    for scale, coordinate in zip(scales[1:], coordinates[1:]):
+        out = out + scale * coordinate
+    return out + constant
 
 
-def affine_grid_unchecked(theta, height, width, align_corners):
-    """`affine_grid` for an already validated `(B, 2, 3)` theta; sizes may be tensors."""
+def affine_grid_unchecked(theta, size, align_corners):
+    """`affine_grid` for an already validated `(B, n, n + 1)` theta and a `size` of `n` entries
+    (`n` = 2 or 3), which may be tensors."""
     dtype = v.dtype_name(theta)
     work = compute_dtype(dtype)
     theta = ops.cast(theta, work)
-    xs, ys = pixel_centres(height, width, align_corners, work)
-    grid = ops.stack([linear_form([theta[:, r, c] for c in range(3)], xs, ys) for r in range(2)], axis=-1)
-    return ops.cast(grid, dtype)
+    ndim = len(size)
+    centres = pixel_centres(size, align_corners, work)
+    rows = [linear_form([theta[:, r, c] for c in range(ndim + 1)], *centres) for r in range(ndim)]
+    return ops.cast(ops.stack(rows, axis=-1), dtype)
 
 
 # Output points whose homogeneous coordinate is at or below this are on or beyond the horizon.
@@ -126,7 +162,7 @@ def projective_grid_unchecked(homography, height, width, align_corners):
     dtype = v.dtype_name(homography)
     work = compute_dtype(dtype)
     homography = ops.cast(homography, work)
-    xs, ys = pixel_centres(height, width, align_corners, work)
+    xs, ys = pixel_centres((height, width), align_corners, work)
     x_h, y_h, w = (linear_form([homography[:, r, c] for c in range(3)], xs, ys) for r in range(3))
     visible = w > HORIZON_EPSILON
     # Dividing by 1 where hidden keeps the discarded quotient finite: its zero gradient would
@@ -137,8 +173,30 @@ def projective_grid_unchecked(homography, height, width, align_corners):
     return ops.cast(grid, dtype)
 
 
+THETA_SHAPES = {2: "(batch, 2, 3) or (batch, 6)", 3: "(batch, 3, 4) or (batch, 12)"}
+SIZE_AXES = {2: ("height", "width"), 3: ("depth", "height", "width")}
+
+
+def check_theta_and_size(theta, size):
+    """Validates the `theta` and `size` of `affine_grid`, whose dimensionality they must agree on;
+    returns theta as `(B, n, n + 1)` and size as a tuple of `n` ints."""
+    theta = ops.convert_to_tensor(theta)
+    shape = tuple(theta.shape)
+    from_theta, from_size = theta_ndim(shape), size_ndim(size)
+    if None not in (from_theta, from_size) and from_theta != from_size:
+        expected = THETA_SHAPES[from_size]
+        raise ValueError(
+            f"`size` and `theta` must describe the same dimensionality: a {from_size}-D size "
+            f"({', '.join(SIZE_AXES[from_size])}) needs theta of shape {expected}, a {from_theta}-D theta a size "
+            f"({', '.join(SIZE_AXES[from_theta])}). Got size={size!r} and theta with shape {shape}"
+        )
+    ndim = from_theta or from_size or 2
+    theta = check_theta(theta, rows=ndim)
+    return theta, v.check_size("size", size, ndim)
+
+
 def affine_grid(theta, size, align_corners=False):
-    """Sampling grid of a batch of 2-D affine transforms.
+    """Sampling grid of a batch of 2-D or 3-D affine transforms.
 
     Convention:
         `theta` maps *output* coordinates to *input* coordinates, both normalised to `[-1, 1]`:
@@ -150,25 +208,34 @@ def affine_grid(theta, size, align_corners=False):
         outer edges of the corner pixels, which makes the grid independent of resolution.
         Half-precision thetas are evaluated in float32 and returned in their own dtype.
 
+        Volumes, as in PyTorch, use the same function: a `(B, 3, 4)` theta and a
+        `size=(depth, height, width)` give the grid `(B, D, H, W, 3)` whose last axis is
+        `(x, y, z)`, `z` running along the depth; output voxel `(x, y, z)` reads the input at
+        `theta @ [x, y, z, 1]` (PyTorch's `affine_grid(theta, (B, C, D, H, W))`). The shape of
+        `theta` says which kind of grid is meant, and `size` must have as many entries.
+
     Args:
-        theta: float tensor `(B, 2, 3)` or `(B, 6)` (row-major), the batch dimension may be
-            dynamic.
-        size: output `(height, width)`, positive Python ints; independent of any input size.
+        theta: float tensor `(B, 2, 3)` or `(B, 6)` (row-major) for images, `(B, 3, 4)` or
+            `(B, 12)` for volumes; the batch dimension may be dynamic.
+        size: output `(height, width)`, or `(depth, height, width)` for volumes, positive
+            Python ints; independent of any input size.
         align_corners: bool, see Convention.
 
     Returns:
-        Tensor `(B, height, width, 2)` with theta's dtype.
+        Tensor `(B, height, width, 2)` (or `(B, depth, height, width, 3)`) with theta's dtype.
 
     Raises:
-        ValueError: `theta` not `(B, 2, 3)`/`(B, 6)`, or `size` not two positive integers.
+        ValueError: `theta` not of one of the shapes above, `size` not two (three) positive
+            integers, or a 2-D theta with a 3-entry size (or the reverse).
         TypeError: `theta` not floating point, `size` not integers, `align_corners` not bool.
 
     Example:
         >>> import numpy as np
         >>> identity = np.array([[1, 0, 0, 0, 1, 0]], "float32")
         >>> affine_grid(identity, (2, 2), align_corners=True)[0, :, :, 0]  # x: -1 then +1
+        >>> identity_3d = np.eye(3, 4, dtype="float32")[None]
+        >>> affine_grid(identity_3d, (2, 3, 4)).shape  # (1, 2, 3, 4, 3)
     """
-    theta = check_theta(theta)
-    height, width = v.check_size("size", size)
+    theta, size = check_theta_and_size(theta, size)
     v.check_bool("align_corners", align_corners)
-    return affine_grid_unchecked(theta, height, width, align_corners)
+    return affine_grid_unchecked(theta, size, align_corners)

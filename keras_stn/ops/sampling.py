@@ -1,9 +1,9 @@
-"""Differentiable sampling of images at arbitrary (normalised) grid coordinates."""
+"""Differentiable sampling of images (and volumes) at arbitrary (normalised) grid coordinates."""
 
 from keras import ops
 
 from keras_stn import _validation as v
-from keras_stn.ops.grid import affine_pixel_coordinates, check_theta, compute_dtype
+from keras_stn.ops.grid import THETA_SHAPES, affine_pixel_coordinates, check_theta, compute_dtype, theta_ndim
 
 # Keys' cubic convolution constant used by PyTorch (and OpenCV) for bicubic sampling.
 CUBIC_A = -0.75
@@ -93,52 +93,113 @@ def working_dtype(images_dtype, coordinates_dtype):
     return compute_dtype(images_dtype)
 
 
-def sample_pixels(images, px, py, interpolation, padding_mode, align_corners):
-    """The sampler proper: `(B, H, W, C)` images read at pixel coordinates `px`, `py`
-    (each `(B, Ho, Wo)`, in the working dtype); returns `(B, Ho, Wo, C)` in the images' dtype."""
-    work = v.dtype_name(px)
-    batch, height, width, channels = ops.shape(images)
+def tap_products(axes, offset, weight):
+    """Yields `(row, weight)` for every combination of one tap per axis.
+
+    `axes` lists `(taps, stride)` from the slowest axis to the fastest (whose stride is `None`,
+    i.e. 1); a row is `offset` plus each tap's index times its axis' stride, and its weight is
+    `weight` times the taps' weights. Partial sums and products are shared between the
+    combinations that have them in common, and each combination is produced only when the
+    caller asks for it, so at most one row tensor per axis is alive at a time.
+    """
+    (taps, stride), *rest = axes
+    for index, factor in taps:
+        row = offset + (index if stride is None else index * stride)
+        product = weight if factor is None else weight * factor
+        if rest:
+            yield from tap_products(rest, row, product)
+        else:
+            yield row, product
+
+
+def sample_pixels(images, coordinates, interpolation, padding_mode, align_corners):
+    """The sampler proper: channels-last `(B, *spatial, C)` images (2 or 3 spatial axes) read at
+    pixel coordinates `coordinates`, one `(B, *out)` tensor per axis in the working dtype, `x`
+    first (`[px, py]` or `[px, py, pz]`); returns `(B, *out, C)` in the images' dtype."""
+    work = v.dtype_name(coordinates[0])
+    batch, *spatial, channels = ops.shape(images)
     if isinstance(batch, int) and batch == 0:
         # jnp.take on an empty source drops the index shape; an empty batch has nothing to read.
-        return ops.zeros((0, *px.shape[1:], channels), v.dtype_name(images))
+        return ops.zeros((0, *coordinates[0].shape[1:], channels), v.dtype_name(images))
     # Non-finite coordinates sample nothing (documented); replacing them first keeps NaN out
     # of the weights and of the gradients of every other grid point.
-    finite = ops.logical_and(ops.isfinite(px), ops.isfinite(py))
-    px = ops.where(finite, px, ops.zeros_like(px))
-    py = ops.where(finite, py, ops.zeros_like(py))
+    finite = ops.isfinite(coordinates[0])
+    for coordinate in coordinates[1:]:
+        finite = ops.logical_and(finite, ops.isfinite(coordinate))
+    coordinates = [ops.where(finite, c, ops.zeros_like(c)) for c in coordinates]
     finite = ops.cast(finite, work)
 
-    x_taps = axis_taps(px, ops.cast(width, work), interpolation, padding_mode, align_corners)
-    y_taps = axis_taps(py, ops.cast(height, work), interpolation, padding_mode, align_corners)
+    taps = [
+        axis_taps(c, ops.cast(size, work), interpolation, padding_mode, align_corners)
+        for c, size in zip(coordinates, reversed(spatial))
+    ]
 
     # Gathering whole pixels (rows of a (B*H*W, C) view) keeps the index tensors at the size
     # of the grid instead of the size of the output times C.
     pixels = ops.reshape(images, (-1, channels))
-    batch_offset = ops.reshape(ops.arange(batch, dtype="int32") * (height * width), (-1, 1, 1))
+    strides = [None]  # per coordinate, x first: 1, W, H * W
+    for size in reversed(spatial[1:]):
+        strides.append(size if strides[-1] is None else strides[-1] * size)
+    volume = strides[-1] * spatial[0] if len(spatial) > 1 else spatial[0]
+    batch_offset = ops.reshape(ops.arange(batch, dtype="int32") * volume, (-1,) + (1,) * len(spatial))
     output = None
-    for y_index, y_weight in y_taps:
-        row_offset = batch_offset + y_index * width
-        for x_index, x_weight in x_taps:
-            weight = finite
-            for factor in (y_weight, x_weight):
-                if factor is not None:
-                    weight = weight * factor
-            values = ops.cast(ops.take(pixels, row_offset + x_index, axis=0), work)
-            term = values * ops.expand_dims(weight, -1)
-            output = term if output is None else output + term
+    for rows, weight in tap_products(list(zip(taps, strides))[::-1], batch_offset, finite):
+        values = ops.cast(ops.take(pixels, rows, axis=0), work)
+        term = values * ops.expand_dims(weight, -1)
+        output = term if output is None else output + term
     return ops.cast(output, v.dtype_name(images))
 
 
+LAYOUTS = {
+    "channels_last": {2: "(B, H, W, C)", 3: "(B, D, H, W, C)"},
+    "channels_first": {2: "(B, C, H, W)", 3: "(B, C, D, H, W)"},
+}
+
+
 def check_images(images, data_format):
-    """Validates an image batch; returns it as a tensor plus its shape."""
+    """Validates a batch of images (rank 4) or volumes (rank 5); returns it as a tensor plus its shape."""
     images = ops.convert_to_tensor(images)
-    layout = "(B, H, W, C)" if data_format == "channels_last" else "(B, C, H, W)"
-    shape = v.check_rank("images", images, 4, f"{layout} for data_format={data_format!r}")
+    shape = tuple(images.shape)
+    layouts = LAYOUTS[data_format]
+    if len(shape) not in (4, 5):
+        raise ValueError(
+            f"`images` must be a rank-4 tensor {layouts[2]} or, for volumes, a rank-5 tensor {layouts[3]} "
+            f"for data_format={data_format!r}. Got images with shape {shape}"
+        )
     v.check_floating("images", images)
-    spatial = shape[1:3] if data_format == "channels_last" else shape[2:4]
+    spatial = shape[1:-1] if data_format == "channels_last" else shape[2:]
     if 0 in spatial:
         raise ValueError(f"`images` must have at least one pixel to sample from. Got images with shape {shape}")
     return images, shape
+
+
+def check_volume_interpolation(interpolation, images_shape):
+    """Bicubic sampling is 2-D only (as in PyTorch, whose 5-D grid_sample rejects it too)."""
+    if len(images_shape) == 5 and interpolation == "bicubic":
+        raise ValueError(
+            "`interpolation` must be 'bilinear' (trilinear) or 'nearest' for volumes: bicubic sampling "
+            f"is only defined for 2-D images. Got interpolation='bicubic' with images of shape {images_shape}"
+        )
+
+
+def check_grid(grid, images_shape, data_format):
+    """Validates a grid for images of `images_shape`: rank and last dimension must match theirs."""
+    grid = ops.convert_to_tensor(grid)
+    shape = tuple(grid.shape)
+    ndim = len(images_shape) - 2
+    expected = "(B, H_out, W_out, 2)" if ndim == 2 else "(B, D_out, H_out, W_out, 3)"
+    if len(shape) in (4, 5) and len(shape) != ndim + 2:
+        raise ValueError(
+            f"`images` of rank {ndim + 2}, {LAYOUTS[data_format][ndim]}, are sampled at a rank-{ndim + 2} `grid` "
+            f"{expected}: images and volumes need grids of their own rank. "
+            f"Got images with shape {images_shape} and grid with shape {shape}"
+        )
+    v.check_rank("grid", grid, ndim + 2, expected)
+    if shape[-1] != ndim:
+        axes = "(x, y)" if ndim == 2 else "(x, y, z)"
+        raise ValueError(f"`grid` must have a last dimension of {ndim} {axes}. Got grid with shape {shape}")
+    v.check_floating("grid", grid)
+    return grid, shape
 
 
 def check_batch(images_shape, other_name, other_shape):
@@ -159,8 +220,17 @@ def check_modes(interpolation, padding_mode, align_corners, data_format):
 def sample_in_layout(images, data_format, sample):
     """Runs `sample(channels_last_images)` and returns the result in `data_format`."""
     if data_format == "channels_first":
-        return ops.transpose(sample(ops.transpose(images, (0, 2, 3, 1))), (0, 3, 1, 2))
+        rank = len(images.shape)
+        to_last = (0, *range(2, rank), 1)
+        to_first = (0, rank - 1, *range(1, rank - 1))
+        return ops.transpose(sample(ops.transpose(images, to_last)), to_first)
     return sample(images)
+
+
+def spatial_shape(channels_last):
+    """The spatial sizes of a channels-last tensor: static ints where known, else scalar tensors."""
+    static = tuple(channels_last.shape[1:-1])
+    return tuple(s if s is not None else d for s, d in zip(static, ops.shape(channels_last)[1:-1]))
 
 
 def grid_sample(
@@ -171,7 +241,7 @@ def grid_sample(
     align_corners=False,
     data_format=None,
 ):
-    """Samples `images` at the normalised coordinates of `grid`, differentiably.
+    """Samples `images` (or volumes) at the normalised coordinates of `grid`, differentiably.
 
     Convention:
         `grid[b, i, j] = (x, y)` says where output pixel `(i, j)` of image `b` reads from, with
@@ -180,6 +250,11 @@ def grid_sample(
         numerically the same as `torch.nn.functional.grid_sample` (images in channels-last by
         default, though), for every interpolation and padding mode. Gradients flow to both
         `images` and `grid`; `nearest` has zero gradient with respect to `grid`.
+
+        Volumes work the same way with one more axis, as PyTorch's 5-D `grid_sample`: images
+        `(B, D, H, W, C)`, grid `(B, D_out, H_out, W_out, 3)` whose last axis is `(x, y, z)`,
+        `z` running along the depth. `"bilinear"` then interpolates trilinearly (8 voxels) and
+        `"nearest"` picks the nearest voxel; `"bicubic"` is 2-D only and raises.
 
         Border behaviour (`padding_mode`): `"zeros"` reads 0 outside the image; `"border"`
         clamps coordinates to the edge pixels; `"reflection"` mirrors them back into the image.
@@ -197,10 +272,12 @@ def grid_sample(
         values back to integers would silently lose information and gradients.
 
     Args:
-        images: `(B, H, W, C)` (channels_last) or `(B, C, H, W)` (channels_first) floats.
-        grid: `(B, H_out, W_out, 2)` floats; the output size is the grid's, independent of
-            the input size.
-        interpolation: `"bilinear"` (default), `"nearest"` or `"bicubic"`.
+        images: `(B, H, W, C)` (channels_last) or `(B, C, H, W)` (channels_first) floats; for
+            volumes `(B, D, H, W, C)` or `(B, C, D, H, W)`.
+        grid: `(B, H_out, W_out, 2)` floats (`(B, D_out, H_out, W_out, 3)` for volumes); the
+            output size is the grid's, independent of the input size.
+        interpolation: `"bilinear"` (default; trilinear for volumes), `"nearest"` or
+            `"bicubic"` (images only).
         padding_mode: `"zeros"` (default), `"border"` or `"reflection"`.
         align_corners: bool, see Convention.
         data_format: `"channels_last"` or `"channels_first"`; defaults to
@@ -208,11 +285,12 @@ def grid_sample(
 
     Returns:
         `(B, H_out, W_out, C)` (or `(B, C, H_out, W_out)` for channels_first) with the images'
-        dtype.
+        dtype; for volumes `(B, D_out, H_out, W_out, C)` (or `(B, C, D_out, H_out, W_out)`).
 
     Raises:
-        ValueError: wrong ranks, grid last dimension not 2, batch sizes that differ, an empty
-            image, or an unknown interpolation, padding mode or data format.
+        ValueError: wrong ranks (images of rank 4 or 5 and a grid of the same rank), grid last
+            dimension not 2 (3 for volumes), batch sizes that differ, an empty image, an
+            unknown interpolation, padding mode or data format, or `"bicubic"` for volumes.
         TypeError: non-floating images or grid, non-bool align_corners.
 
     Example:
@@ -221,22 +299,24 @@ def grid_sample(
         >>> images = np.random.rand(2, 8, 8, 3).astype("float32")
         >>> theta = np.tile(np.array([[1, 0, 0, 0, 1, 0]], "float32"), (2, 1))
         >>> out = grid_sample(images, affine_grid(theta, (8, 8)))  # == images
+        >>> volumes = np.random.rand(2, 4, 8, 8, 1).astype("float32")
+        >>> theta_3d = np.tile(np.eye(3, 4, dtype="float32"), (2, 1, 1))
+        >>> out = grid_sample(volumes, affine_grid(theta_3d, (4, 8, 8)))  # == volumes
     """
     data_format = check_modes(interpolation, padding_mode, align_corners, data_format)
     images, image_shape = check_images(images, data_format)
-    grid = ops.convert_to_tensor(grid)
-    grid_shape = v.check_rank("grid", grid, 4, "(B, H_out, W_out, 2)")
-    if grid_shape[-1] != 2:
-        raise ValueError(f"`grid` must have a last dimension of 2 (x, y). Got grid with shape {grid_shape}")
-    v.check_floating("grid", grid)
+    check_volume_interpolation(interpolation, image_shape)
+    grid, grid_shape = check_grid(grid, image_shape, data_format)
     check_batch(image_shape, "grid", grid_shape)
 
     def sample(channels_last):
-        _, height, width, _ = ops.shape(channels_last)
+        spatial = ops.shape(channels_last)[1:-1]
         work = working_dtype(v.dtype_name(channels_last), v.dtype_name(grid))
-        px = unnormalize(ops.cast(grid[..., 0], work), ops.cast(width, work), align_corners)
-        py = unnormalize(ops.cast(grid[..., 1], work), ops.cast(height, work), align_corners)
-        return sample_pixels(channels_last, px, py, interpolation, padding_mode, align_corners)
+        coordinates = [
+            unnormalize(ops.cast(grid[..., k], work), ops.cast(size, work), align_corners)
+            for k, size in enumerate(reversed(spatial))
+        ]
+        return sample_pixels(channels_last, coordinates, interpolation, padding_mode, align_corners)
 
     return sample_in_layout(images, data_format, sample)
 
@@ -250,41 +330,58 @@ def affine_sample(
     align_corners=False,
     data_format=None,
 ):
-    """Warps `images` by affine `theta`: `grid_sample(images, affine_grid(theta, size))`, fused.
+    """Warps `images` (or volumes) by affine `theta`: `grid_sample(images, affine_grid(theta, size))`, fused.
 
     Convention:
         The same coordinate frame, modes, dtype rules and border behaviour as `affine_grid` and
         `grid_sample`. Instead of materialising the normalised grid, theta is turned into input
         pixel coordinates directly, which saves work and is exact where it matters: the identity
         theta returns the images bit for bit (for either `align_corners`), and translations
-        by whole pixels are exact shifts up to one rounding of theta itself.
+        by whole pixels are exact shifts up to one rounding of theta itself. Volumes
+        (rank-5 images) take a `(B, 3, 4)` theta and a `(depth, height, width)` size.
 
     Args:
-        images: `(B, H, W, C)` (channels_last) or `(B, C, H, W)` (channels_first) floats.
-        theta: `(B, 2, 3)` or `(B, 6)` floats mapping output to input normalised coordinates.
-        size: output `(height, width)`, positive ints; `None` keeps the input's.
+        images: `(B, H, W, C)` (channels_last) or `(B, C, H, W)` (channels_first) floats, or
+            volumes `(B, D, H, W, C)` / `(B, C, D, H, W)`.
+        theta: `(B, 2, 3)` or `(B, 6)` floats mapping output to input normalised coordinates;
+            `(B, 3, 4)` or `(B, 12)` for volumes.
+        size: output `(height, width)` (`(depth, height, width)` for volumes), positive ints;
+            `None` keeps the input's.
         interpolation, padding_mode, align_corners, data_format: as in `grid_sample`.
 
     Returns:
-        `(B, height, width, C)` (or channels_first) with the images' dtype.
+        `(B, height, width, C)` (or `(B, depth, height, width, C)`; channels first if so
+        asked) with the images' dtype.
 
     Raises:
-        ValueError, TypeError: as `affine_grid` and `grid_sample` for the same arguments.
+        ValueError, TypeError: as `affine_grid` and `grid_sample` for the same arguments; a
+            theta whose dimensionality is not the images' raises `ValueError`.
 
     Example:
         >>> import numpy as np
         >>> images = np.random.rand(2, 8, 8, 3).astype("float32")
         >>> shift_right = np.array([[1, 0, -0.25, 0, 1, 0]] * 2, "float32")  # 1 pixel of 8
         >>> out = affine_sample(images, shift_right)
+        >>> volumes = np.random.rand(2, 4, 8, 8, 1).astype("float32")
+        >>> zoom_in = np.tile(np.diag([0.5, 0.5, 0.5, 1])[:3].astype("float32"), (2, 1, 1))
+        >>> out = affine_sample(volumes, zoom_in, (2, 4, 4))  # the central half of each axis
     """
     data_format = check_modes(interpolation, padding_mode, align_corners, data_format)
     images, image_shape = check_images(images, data_format)
+    check_volume_interpolation(interpolation, image_shape)
+    ndim = len(image_shape) - 2
     theta = ops.convert_to_tensor(theta)
     theta_shape = tuple(theta.shape)
-    theta = check_theta(theta)
+    if theta_ndim(theta_shape) not in (None, ndim):
+        raise ValueError(
+            f"`theta` must have shape {THETA_SHAPES[ndim]} for images of rank {ndim + 2}, "
+            f"{LAYOUTS[data_format][ndim]}: a {ndim}-D warp. Got theta with shape {theta_shape} "
+            f"and images with shape {image_shape}"
+        )
+    theta = check_theta(theta, rows=ndim)
     check_batch(image_shape, "theta", theta_shape)
     if size is not None:
-        size = v.check_size("size", size)
+        size = v.check_size("size", size, ndim)
     return affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format)
 
 
@@ -292,11 +389,10 @@ def affine_sample_unchecked(images, theta, size, interpolation, padding_mode, al
     """`affine_sample` on validated arguments; `size` entries may be tensors, `None` = input's."""
 
     def sample(channels_last):
-        static = tuple(channels_last.shape[1:3])
-        in_size = tuple(s if s is not None else d for s, d in zip(static, ops.shape(channels_last)[1:3]))
+        in_size = spatial_shape(channels_last)
         out_size = in_size if size is None else size
         work = working_dtype(v.dtype_name(channels_last), v.dtype_name(theta))
-        px, py = affine_pixel_coordinates(theta, in_size, out_size, align_corners, work)
-        return sample_pixels(channels_last, px, py, interpolation, padding_mode, align_corners)
+        coordinates = affine_pixel_coordinates(theta, in_size, out_size, align_corners, work)
+        return sample_pixels(channels_last, coordinates, interpolation, padding_mode, align_corners)
 
     return sample_in_layout(images, data_format, sample)

@@ -56,7 +56,7 @@ def tps_grid_unchecked(offsets, grid_size, height, width, align_corners):
     # controls is the identity plus the spline through the offsets alone: zero offsets give the
     # identity grid exactly, and rounding errors scale with the offsets, not the coordinates.
     coefficients = ops.einsum("kn,bnc->bkc", ops.convert_to_tensor(solver, work), offsets)
-    xs, ys = pixel_centres(height, width, align_corners, work)
+    xs, ys = pixel_centres((height, width), align_corners, work)
     controls = ops.convert_to_tensor(controls, work)
     squared = (ops.expand_dims(xs, -1) - controls[:, 0]) ** 2 + (ops.expand_dims(ys, -1) - controls[:, 1]) ** 2
     bend = ops.einsum("hwn,bnc->bhwc", radial_basis(squared[0], ops), coefficients[:, :count])
