@@ -440,7 +440,8 @@ def test_border_and_reflection_padding_stay_within_the_image_range(
     and these paddings never read outside the image: each output lies between the smallest and
     the largest value of its image and channel, wherever the grid points."""
     (batch, in_size, channels, out_size), grid, theta = case
-    images = np.random.default_rng(seed).normal(size=(batch, *in_size, channels)).astype("float32")
+    # Values of one sign, so that an output of 0 ("sampled nothing") is out of range too.
+    images = np.random.default_rng(seed).uniform(1, 2, (batch, *in_size, channels)).astype("float32")
     if op == "grid_sample":
         out = grid_sample(images, grid, interpolation, padding_mode, align_corners, "channels_last")
     else:
