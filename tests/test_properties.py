@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import float64_enabled
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from keras import ops
@@ -314,10 +314,10 @@ def compositions():
 
 
 def zoom_in_theta(rng, batch):
-    """Rotation by up to 0.3 rad, zoom-in by a factor 0.4-0.7 per axis, shift by up to 0.1: the
-    centre of the output always reads well inside the input."""
+    """Rotation by up to 0.3 rad, zoom by a factor 0.4-0.9 per axis, shift by up to 0.1: most
+    outputs read inside the input, those near the corners of the stronger zooms do not."""
     angle = rng.uniform(-0.3, 0.3, batch)
-    sx, sy = rng.uniform(0.4, 0.7, (2, batch))
+    sx, sy = rng.uniform(0.4, 0.9, (2, batch))
     tx, ty = rng.uniform(-0.1, 0.1, (2, batch))
     cos, sin = np.cos(angle), np.sin(angle)
     return np.stack([np.stack([sx * cos, -sy * sin, tx], -1), np.stack([sx * sin, sy * cos, ty], -1)], 1)
@@ -373,7 +373,7 @@ def test_two_warps_equal_one_warp_by_the_product(case, padding_mode, align_corne
             row = np.clip(np.floor(mid_y).astype(int) + dy, 0, mid_size[0] - 1)
             col = np.clip(np.floor(mid_x).astype(int) + dx, 0, mid_size[1] - 1)
             valid &= mid_reads_inside[b, row, col]
-    assert valid.any()  # the output centre always qualifies (see zoom_in_theta)
+    assume(valid.any())  # all but ~1 in 500 draws
 
     point = affine_grid_ref(product.astype(np.float64), out_size, align_corners)
     px = to_pixels(point[..., 0], in_size[1], align_corners)[..., None]
