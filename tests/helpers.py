@@ -1,8 +1,10 @@
 """Backend-agnostic test helpers: conversion to NumPy, gradients under every backend, and the
-coordinate conversions the op tests build their grids with."""
+pixel-coordinate arithmetic that test data is built with."""
 
 import keras
 import numpy as np
+
+from reference import affine_grid_ref
 
 BACKEND = keras.config.backend()
 
@@ -66,3 +68,25 @@ def away_from_kinks(pixel, margin):
 def loss_weights(rng, shape, dtype="float64"):
     """Random cotangent, so that gradients are not mere sums."""
     return rng.normal(size=shape).astype(dtype)
+
+
+def kink_distance(grid, in_size, align_corners):
+    """Smallest distance, in pixels, of any grid coordinate to an integer or half-integer."""
+    distances = []
+    for axis, size in ((0, in_size[1]), (1, in_size[0])):
+        if align_corners and size == 1:
+            continue
+        pixel = to_pixels(grid[..., axis], size, align_corners)
+        distances.append(np.abs(pixel * 2 - np.round(pixel * 2)).min() / 2)
+    return min(distances) if distances else np.inf
+
+
+def random_theta(rng, batch, in_size, out_size, align_corners, margin=1e-4, dtype="float32", scale=0.3):
+    """Random `(batch, 2, 3)` thetas near the identity (rotation, shear, zoom, shift) whose grid
+    of `out_size` stays `margin` pixels away from kinks of an input of `in_size`."""
+    for _ in range(1000):
+        theta = (np.eye(2, 3) + rng.uniform(-scale, scale, (batch, 2, 3))).astype(dtype)
+        grid = affine_grid_ref(theta.astype(np.float64), out_size, align_corners)
+        if kink_distance(grid, in_size, align_corners) >= margin:
+            return theta
+    raise AssertionError("could not draw a theta away from pixel kinks")

@@ -15,7 +15,16 @@ import numpy as np
 import pytest
 from keras import ops
 
-from helpers import BACKEND, away_from_kinks, loss_weights, to_normalized, to_numpy, to_pixels, value_and_grad
+from helpers import (
+    BACKEND,
+    away_from_kinks,
+    loss_weights,
+    random_theta,
+    to_normalized,
+    to_numpy,
+    to_pixels,
+    value_and_grad,
+)
 from keras_stn.ops import affine_grid, affine_sample, grid_sample
 from reference import affine_grid_ref, grid_sample_ref
 
@@ -51,28 +60,6 @@ def random_grid(rng, batch, out_size, in_size, align_corners, low=-1.5, high=1.5
         pixel = away_from_kinks(to_pixels(grid[..., axis], size, align_corners), margin)
         grid[..., axis] = to_normalized(pixel, size, align_corners)
     return grid.astype(dtype)
-
-
-def kink_distance(grid, in_size, align_corners):
-    """Smallest distance, in pixels, of any grid coordinate to an integer or half-integer."""
-    distances = []
-    for axis, size in ((0, in_size[1]), (1, in_size[0])):
-        if align_corners and size == 1:
-            continue
-        pixel = to_pixels(grid[..., axis], size, align_corners)
-        distances.append(np.abs(pixel * 2 - np.round(pixel * 2)).min() / 2)
-    return min(distances) if distances else np.inf
-
-
-def random_theta(rng, batch, in_size, out_size, align_corners, margin=1e-4, dtype="float32", scale=0.3):
-    """Random `(batch, 2, 3)` thetas near the identity (rotation, shear, zoom, shift) whose grid
-    of `out_size` stays `margin` pixels away from kinks of an input of `in_size`."""
-    for _ in range(1000):
-        theta = (np.eye(2, 3) + rng.uniform(-scale, scale, (batch, 2, 3))).astype(dtype)
-        grid = affine_grid_ref(theta.astype(np.float64), out_size, align_corners)
-        if kink_distance(grid, in_size, align_corners) >= margin:
-            return theta
-    raise AssertionError("could not draw a theta away from pixel kinks")
 
 
 def random_images(rng, shape, dtype="float32"):
