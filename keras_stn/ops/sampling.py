@@ -260,10 +260,13 @@ def grid_sample(
         clamps coordinates to the edge pixels; `"reflection"` mirrors them back into the image.
         For `bicubic` the padding applies to each of the 16 taps, as in PyTorch.
 
-        Coordinates far outside the image, however large, are handled by the padding mode and
-        never read out of bounds. A grid point with a NaN or infinite coordinate samples
-        nothing: its output is 0 in every mode and its gradients are 0 (PyTorch instead clamps
-        `inf` under border padding and can return NaN for bicubic).
+        Coordinates far outside the image are handled by the padding mode and never read out
+        of bounds. A grid point with a NaN or infinite coordinate samples nothing: its output
+        is 0 in every mode and its gradients are 0 (PyTorch instead clamps `inf` under border
+        padding and can return NaN for bicubic). Known limit: a finite coordinate so large
+        that it overflows when scaled to pixels (in float32, beyond about `3e38 / size`, i.e.
+        ~1e36 for ordinary images) currently counts as infinite too, so border and reflection
+        padding give 0 there instead of an edge value; up to 1e30 the padding mode applies.
 
         Dtypes: images may be float16, bfloat16, float32 or float64 and the output keeps their
         dtype. Coordinates and interpolation weights are computed in float32 for half-precision
