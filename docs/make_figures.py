@@ -3,6 +3,8 @@
 - `sanity_check.png`: the sanity check of the original TF `stn` package: a batch of images
   warped by the identity theta and by a 45-degree rotation, output size equal to the input.
 - `transforms.png`: one image warped by each built-in transform with fixed example parameters.
+- `volumetric.png`: a synthetic volume before and after a 3-D affine warp (rotation about two
+  axes and a zoom), shown as maximum-intensity projections along each axis.
 
 The images are a synthetic asymmetric test pattern so that the direction of a warp is visible.
 """
@@ -96,12 +98,46 @@ def transforms_gallery(path):
     print("wrote", path)
 
 
+def test_volume(size=48):
+    """Two bars meeting in a T and an off-centre ball: no symmetry in any projection."""
+    z, y, x = np.mgrid[0:size, 0:size, 0:size] / size
+    volume = np.zeros((size, size, size), "float32")
+    volume[(np.abs(y - 0.5) < 0.06) & (np.abs(z - 0.5) < 0.06) & (0.2 < x) & (x < 0.8)] = 1.0
+    volume[(np.abs(x - 0.2) < 0.06) & (np.abs(z - 0.5) < 0.06) & (0.2 < y) & (y < 0.8)] = 0.7
+    volume[(x - 0.7) ** 2 + (y - 0.3) ** 2 + (z - 0.7) ** 2 < 0.12**2] = 0.5
+    return volume
+
+
+def volumetric(path):
+    volume = test_volume()
+    a, b = np.deg2rad(35), np.deg2rad(25)
+    about_z = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    about_x = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    theta = np.concatenate([about_z @ about_x * 1.15, np.zeros((3, 1))], axis=1)[None].astype("float32")
+    warped = ops.convert_to_numpy(keras_stn.ops.affine_sample(volume[None, ..., None], theta))[0, ..., 0]
+    rows = {"input volume": volume, "3-D affine warp": warped}
+    figure, axes = plt.subplots(2, 3, figsize=(7, 4.9))
+    for r, (title, vol) in enumerate(rows.items()):
+        for c, (axis_name, axis) in enumerate((("depth", 0), ("height", 1), ("width", 2))):
+            axes[r, c].imshow(vol.max(axis=axis), cmap="magma", vmin=0, vmax=1)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(f"projection along {axis_name}")
+        axes[r, 0].set_ylabel(title)
+    figure.suptitle("SpatialTransformer3D's sampler: affine_sample on a (1, 48, 48, 48, 1) volume")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    print("wrote", path)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=HERE, help="folder to write the PNG files to (default: docs/)")
     args = parser.parse_args()
     sanity_check(os.path.join(args.out, "sanity_check.png"))
     transforms_gallery(os.path.join(args.out, "transforms.png"))
+    volumetric(os.path.join(args.out, "volumetric.png"))
 
 
 if __name__ == "__main__":
