@@ -39,8 +39,8 @@ INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 PADDING_MODES = ("zeros", "border", "reflection")
 DATA_FORMATS = ("channels_last", "channels_first")
 TIE_MARGIN = 1e-4  # pixels; float32 coordinate error on these sizes is ~1e-6 pixel
-# Normalised coordinates beyond ~3.4e38 / size overflow to inf when scaled to pixels in float32
-# and then sample nothing (see test_border_padding_reads_the_border_at_overflowing_coordinates).
+# grid_sample bounds finite coordinates to +-2**100 (see
+# test_border_padding_reads_the_border_at_overflowing_coordinates); random draws stay inside.
 FINITE_LIMIT = 2.0**100  # ~1.3e30, exact in float32
 
 PROPERTY = settings(
@@ -448,11 +448,11 @@ def test_border_and_reflection_padding_stay_within_the_image_range(
     assert (out >= low - tolerance).all() and (out <= high + tolerance).all()
 
 
-@pytest.mark.xfail(strict=True, reason="finite coordinates that overflow in pixel units are treated as non-finite")
 @pytest.mark.parametrize("padding_mode", ["border", "reflection"])
 def test_border_padding_reads_the_border_at_overflowing_coordinates(padding_mode):
-    """PyTorch clamps such points to the border; keras_stn returns 0 for them. (Shapes of
-    JAX_GEOMETRIES[2], to reuse its compilations.)"""
+    """Finite coordinates that would overflow in pixel units still read the image, as in
+    PyTorch, rather than counting as non-finite. (Shapes of JAX_GEOMETRIES[2], to reuse its
+    compilations.)"""
     images = np.full((2, 1, 5, 3), 5.0, "float32")
     grid = np.zeros((2, 1, 5, 2), "float32")
     grid[:, 0, :, 0] = [3e38, -3e38, 1e38, -1e38, 3.4e38]  # times the width 5: beyond float32

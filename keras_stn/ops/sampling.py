@@ -16,6 +16,17 @@ def unnormalize(coord, size, align_corners):
     return ((coord + 1) * size - 1) / 2
 
 
+# Finite normalised coordinates are bounded to +-2**100 before they are scaled to pixels, so that
+# none overflows to inf in float32 (and so reads nothing, the rule for non-finite ones): they
+# stay far outside any image, where the padding mode decides what they read.
+COORDINATE_BOUND = 2.0**100
+
+
+def bound_finite(coord):
+    """Clips finite normalised coordinates into +-`COORDINATE_BOUND`; NaN and inf pass through."""
+    return ops.where(ops.isfinite(coord), ops.clip(coord, -COORDINATE_BOUND, COORDINATE_BOUND), coord)
+
+
 def reflect(coord, size, align_corners):
     """Folds a pixel coordinate back into the image by mirroring at its borders.
 
@@ -263,10 +274,10 @@ def grid_sample(
         Coordinates far outside the image are handled by the padding mode and never read out
         of bounds. A grid point with a NaN or infinite coordinate samples nothing: its output
         is 0 in every mode and its gradients are 0 (PyTorch instead clamps `inf` under border
-        padding and can return NaN for bicubic). Known limit: a finite coordinate so large
-        that it overflows when scaled to pixels (in float32, beyond about `3e38 / size`, i.e.
-        ~1e36 for ordinary images) currently counts as infinite too, so border and reflection
-        padding give 0 there instead of an edge value; up to 1e30 the padding mode applies.
+        padding and can return NaN for bicubic). Finite coordinates beyond `+-2**100`
+        (about 1.3e30) are clipped to it first, so that none overflows when scaled to pixels:
+        border padding reads the edge there as PyTorch does, and reflection (whose result that
+        far out is set by float rounding anyway) reads some pixel of the image.
 
         Dtypes: images may be float16, bfloat16, float32 or float64 and the output keeps their
         dtype. Coordinates and interpolation weights are computed in float32 for half-precision
@@ -316,7 +327,7 @@ def grid_sample(
         spatial = ops.shape(channels_last)[1:-1]
         work = working_dtype(v.dtype_name(channels_last), v.dtype_name(grid))
         coordinates = [
-            unnormalize(ops.cast(grid[..., k], work), ops.cast(size, work), align_corners)
+            unnormalize(bound_finite(ops.cast(grid[..., k], work)), ops.cast(size, work), align_corners)
             for k, size in enumerate(reversed(spatial))
         ]
         return sample_pixels(channels_last, coordinates, interpolation, padding_mode, align_corners)
