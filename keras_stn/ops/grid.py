@@ -65,6 +65,18 @@ def base_coordinates(size, align_corners, dtype):
     return (2 * i + 1 - size) / denominator
 
 
+def along_axes(vectors):
+    """Reshapes per-axis vectors, `x` first, to broadcast against a `(1, [D,] H, W)` grid: the
+    `x` vector along the last axis, `y` along the one before, `z` before that."""
+    ndim = len(vectors)
+    shaped = []
+    for k, vector in enumerate(vectors):
+        shape = [1] * (ndim + 1)
+        shape[ndim - k] = -1
+        shaped.append(ops.reshape(vector, shape))
+    return shaped
+
+
 def affine_pixel_coordinates(theta, in_size, out_size, align_corners, dtype):
     """Input *pixel* coordinates read by affine `theta`, one `(B, *out_size)` tensor per axis,
     `x` first: `[px, py]` for sizes `(height, width)`, `[px, py, pz]` for `(depth, height, width)`.
@@ -85,11 +97,7 @@ def affine_pixel_coordinates(theta, in_size, out_size, align_corners, dtype):
     spans_in = [ops.cast(n, dtype) - (1 if align_corners else 0) for n in reversed(in_size)]
     spans_out = [ops.cast(n, dtype) - (1 if align_corners else 0) for n in reversed(out_size)]
     denominators = [ops.maximum(s, 1) for s in spans_out]
-    positions = []
-    for k, n in enumerate(reversed(out_size)):
-        shape = [1] * (ndim + 1)
-        shape[ndim - k] = -1
-        positions.append(ops.reshape(ops.cast(ops.arange(n), dtype) + half, shape))
+    positions = along_axes([ops.cast(ops.arange(n), dtype) + half for n in reversed(out_size)])
 
     def axis(r):  # the input coordinate of row r of theta: x (r = 0), y, z
         span_in = spans_in[r]
@@ -108,13 +116,7 @@ def affine_pixel_coordinates(theta, in_size, out_size, align_corners, dtype):
 def pixel_centres(size, align_corners, dtype):
     """Normalised output pixel centres, one tensor per axis of `size`, `x` first: for `(H, W)`,
     `x` of shape `(1, 1, W)` and `y` of shape `(1, H, 1)`; for `(D, H, W)` also `z` `(1, D, 1, 1)`."""
-    ndim = len(size)
-    centres = []
-    for k, n in enumerate(reversed(size)):
-        shape = [1] * (ndim + 1)
-        shape[ndim - k] = -1
-        centres.append(ops.reshape(base_coordinates(n, align_corners, dtype), shape))
-    return centres
+    return along_axes([base_coordinates(n, align_corners, dtype) for n in reversed(size)])
 
 
 def linear_form(coefficients, *coordinates):
