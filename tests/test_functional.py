@@ -155,6 +155,7 @@ def test_45_degree_rotation_matches_numpy(rng):
     assert np.abs(out[:, 10:22, 10:22]).max() > 0.1
 
 
+@pytest.mark.usefixtures("portable_sampler")
 @pytest.mark.parametrize(
     "theta, k",
     [
@@ -177,6 +178,7 @@ def test_quarter_turns_are_exact_rot90(theta, k, rng):
     assert out[0, 1, 2, 0] == images[0, source[0], source[1], 0]
 
 
+@pytest.mark.usefixtures("portable_sampler")
 def test_quarter_turn_of_a_pattern_image():
     images = pattern(SQUARE)
     out = to_numpy(spatial_transformer_network(images, tile([0, -1, 0, 1, 0, 0], 2)))

@@ -339,6 +339,7 @@ def test_custom_transform_trains_and_serialises(rng, tmp_path):
 # --------------------------------------------------------------------------- attention crops
 
 
+@pytest.mark.usefixtures("portable_sampler")
 def test_attention_half_scale_crops_the_centre_exactly_align_corners_true(rng):
     """align_corners=True, input 2N-1 = 9, output N = 5: output pixel i is at normalised
     2i/(N-1) - 1, reads 0.5 of that = i/(N-1) - 0.5, i.e. input pixel (x+1)/2*(2N-2) = i + (N-1)/2.
@@ -353,6 +354,7 @@ def test_attention_half_scale_crops_the_centre_exactly_align_corners_true(rng):
     np.testing.assert_allclose(via_grid, crop, atol=1e-6)
 
 
+@pytest.mark.usefixtures("portable_sampler")
 @pytest.mark.parametrize("n", [4, 5])
 def test_attention_half_scale_reads_the_centre_align_corners_false(n, rng):
     """align_corners=False, input 2N, output N: x_out = (2i+1)/N - 1, x_in = x_out / 2, pixel

@@ -3,6 +3,7 @@
 from keras import ops
 
 from keras_stn import _validation as v
+from keras_stn.ops import native
 from keras_stn.ops.grid import THETA_SHAPES, affine_pixel_coordinates, check_theta, compute_dtype, theta_ndim
 
 # Keys' cubic convolution constant used by PyTorch (and OpenCV) for bicubic sampling.
@@ -322,6 +323,9 @@ def grid_sample(
     check_volume_interpolation(interpolation, image_shape)
     grid, grid_shape = check_grid(grid, image_shape, data_format)
     check_batch(image_shape, "grid", grid_shape)
+    if native.enabled(images):
+        work = working_dtype(v.dtype_name(images), v.dtype_name(grid))
+        return native.sample(images, grid, interpolation, padding_mode, align_corners, data_format, work)
 
     def sample(channels_last):
         spatial = ops.shape(channels_last)[1:-1]
@@ -401,6 +405,9 @@ def affine_sample(
 
 def affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format):
     """`affine_sample` on validated arguments; `size` entries may be tensors, `None` = input's."""
+    if native.enabled(images):
+        work = working_dtype(v.dtype_name(images), v.dtype_name(theta))
+        return native.affine_sample(images, theta, size, interpolation, padding_mode, align_corners, data_format, work)
 
     def sample(channels_last):
         in_size = spatial_shape(channels_last)

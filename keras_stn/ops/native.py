@@ -1,0 +1,99 @@
+"""PyTorch's own `grid_sample` kernel, used for sampling on the torch backend.
+
+The portable sampler in `sampling.py` is written in `keras.ops` and computes the same numbers
+as `torch.nn.functional.grid_sample`. Under the torch backend it runs eagerly, one small
+kernel per operation, which makes it several times slower than PyTorch's fused kernel (see
+`benchmarks/`). On that backend `grid_sample` and `affine_sample` therefore call the native
+kernel instead, wrapped so that the library's documented rules still hold:
+
+- non-finite grid coordinates read nothing (output 0, gradient 0) in every padding mode,
+  where PyTorch would clamp `inf` under border padding or return NaN for bicubic;
+- finite coordinates are bounded to `+-COORDINATE_BOUND` first, as in the portable path;
+- half-precision images are sampled in float32 and returned in their own dtype;
+- channels-last tensors are passed as permuted views, without a copy.
+
+This is the one dispatch point: set the environment variable `KERAS_STN_NATIVE=0` to use the
+portable sampler on the torch backend too (it is read at each call). The two agree to float
+rounding (`tests/test_native.py`); the portable path's exact identity for `affine_sample`
+becomes exact to rounding, about 1e-7 of the values, on the native one.
+"""
+
+import os
+import warnings
+
+import keras
+
+ENVIRONMENT_VARIABLE = "KERAS_STN_NATIVE"
+OFF = ("0", "false", "no", "off")
+
+
+def enabled(images):
+    """Whether `images` are sampled with PyTorch's kernel: on the torch backend unless switched
+    off, for a non-empty batch (PyTorch's `affine_grid` rejects an empty one)."""
+    if keras.config.backend() != "torch" or images.shape[0] == 0:
+        return False
+    return os.environ.get(ENVIRONMENT_VARIABLE, "1").strip().lower() not in OFF
+
+
+def to_channels_first(images, data_format):
+    """A channels-first view of `images` (no copy) for PyTorch's kernel."""
+    if data_format == "channels_first":
+        return images
+    rank = images.dim()
+    return images.permute(0, rank - 1, *range(1, rank - 1))
+
+
+def from_channels_first(output, data_format):
+    if data_format == "channels_first":
+        return output
+    rank = output.dim()
+    return output.permute(0, *range(2, rank), 1)
+
+
+def sample(images, grid, interpolation, padding_mode, align_corners, data_format, work):
+    """`torch.nn.functional.grid_sample` on validated torch tensors, under the library's rules.
+
+    `work` is the dtype coordinates and weights are computed in (see `sampling.working_dtype`);
+    images and grid are cast to it and the result back to the images' dtype.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from keras_stn.ops.sampling import COORDINATE_BOUND
+
+    dtype = getattr(torch, work)
+    finite = torch.isfinite(grid).all(dim=-1)
+    safe = torch.where(finite.unsqueeze(-1), grid.to(dtype).clamp(-COORDINATE_BOUND, COORDINATE_BOUND), 0.0)
+    source = to_channels_first(images, data_format).to(dtype)
+    output = F.grid_sample(source, safe, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
+    output = torch.where(finite.unsqueeze(1), output, 0.0)
+    return from_channels_first(output, data_format).to(images.dtype)
+
+
+def affine_sample(images, theta, size, interpolation, padding_mode, align_corners, data_format, work):
+    """`grid_sample(images, affine_grid(theta, size))` with PyTorch's own kernels; `size` is
+    the output's spatial size (`None`: the input's), `theta` a validated `(B, n, n + 1)` tensor."""
+    import torch
+    import torch.nn.functional as F
+
+    dtype = getattr(torch, work)
+    theta = theta.to(dtype)
+    first = data_format == "channels_first"
+    channels = images.shape[1] if first else images.shape[-1]
+    in_size = tuple(images.shape[2:] if first else images.shape[1:-1])
+    size = in_size if size is None else tuple(int(n) for n in size)
+    with warnings.catch_warnings():
+        # PyTorch warns that unit-size grids with align_corners=True changed in its 1.3; they
+        # read the centre (normalised 0), which is this library's convention too.
+        warnings.filterwarnings("ignore", "Since version 1.3.0, affine_grid behavior", UserWarning)
+        grid = F.affine_grid(theta, (theta.shape[0], channels, *size), align_corners=align_corners)
+    output = sample(images, grid, interpolation, padding_mode, align_corners, data_format, work)
+    if size != in_size:
+        return output
+    # PyTorch's kernel reads an identity warp's pixels at coordinates a rounding away from
+    # whole pixels. Where theta is exactly the identity the images are returned bit for bit, as
+    # on the portable path, with the kernel's gradients (which are the identity's, to rounding).
+    rows = theta.shape[1]
+    identity = torch.eye(rows, rows + 1, dtype=dtype, device=theta.device)
+    exact = (theta == identity).flatten(1).all(dim=1).view(-1, *([1] * (images.dim() - 1)))
+    return torch.where(exact, images.detach() + (output - output.detach()), output)

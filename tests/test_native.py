@@ -1,0 +1,233 @@
+"""The torch backend's dispatch to PyTorch's own `grid_sample` kernel (`keras_stn/ops/native.py`).
+
+Under the torch backend the rest of the suite runs through the native kernel; here it is
+compared with the portable `keras.ops` sampler (which the other backends run and which is
+itself tested against the NumPy reference), in every mode, for outputs and for gradients, and
+the rules the wrapper adds (non-finite and huge coordinates, dtypes, the exact identity) are
+checked. On the other backends there is no native path, and the dispatch must say so.
+"""
+
+import contextlib
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_stn
+from helpers import BACKEND, random_theta, to_numpy, value_and_grad
+from keras_stn.ops import affine_grid, affine_sample, grid_sample, native
+
+tensor = keras.ops.convert_to_tensor
+torch_only = pytest.mark.skipif(BACKEND != "torch", reason="the native kernel is PyTorch's")
+
+INTERPOLATIONS = ["bilinear", "nearest", "bicubic"]
+PADDINGS = ["zeros", "border", "reflection"]
+
+
+@contextlib.contextmanager
+def sampler(kind):
+    """Runs the block with the native kernel (`"native"`) or the portable sampler."""
+    before = os.environ.get(native.ENVIRONMENT_VARIABLE)
+    os.environ[native.ENVIRONMENT_VARIABLE] = "1" if kind == "native" else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[native.ENVIRONMENT_VARIABLE]
+        else:
+            os.environ[native.ENVIRONMENT_VARIABLE] = before
+
+
+def both_samplers(fn, *args):
+    """`value_and_grad(fn, *args)` on the native kernel and on the portable sampler."""
+    results = []
+    for kind in ("native", "portable"):
+        with sampler(kind):
+            results.append(value_and_grad(fn, *args))
+    return results
+
+
+def assert_same(native_result, portable_result, rtol=1e-9, atol=1e-9):
+    (value_n, grads_n), (value_p, grads_p) = native_result, portable_result
+    np.testing.assert_allclose(value_n, value_p, rtol=rtol, atol=atol)
+    for g_n, g_p in zip(grads_n, grads_p):
+        np.testing.assert_allclose(g_n, g_p, rtol=rtol, atol=atol)
+
+
+def test_dispatch_is_torch_only_and_can_be_switched_off(monkeypatch):
+    images = np.zeros((2, 4, 4, 1), "float32")
+    assert native.enabled(images) == (BACKEND == "torch")
+    for off in ("0", "false", "Off", "no"):
+        monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, off)
+        assert not native.enabled(images)
+    monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "1")
+    assert native.enabled(images) == (BACKEND == "torch")
+    assert not native.enabled(np.zeros((0, 4, 4, 1), "float32")), "an empty batch takes the portable path"
+
+
+@torch_only
+def test_the_ops_and_the_layer_call_the_native_kernel(monkeypatch, rng):
+    import torch.nn.functional as F
+
+    calls = []
+    original = F.grid_sample
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["mode"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(F, "grid_sample", spy)
+    images = rng.random((2, 6, 6, 1)).astype("float32")
+    theta = np.tile(np.eye(2, 3, dtype="float32").reshape(1, 6), (2, 1))
+    grid_sample(images, affine_grid(theta, (6, 6)), interpolation="nearest")
+    affine_sample(images, theta, interpolation="bicubic")
+    keras_stn.SpatialTransformer((6, 6))(images)
+    assert calls == ["nearest", "bicubic", "bilinear"]
+    monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "0")
+    affine_sample(images, theta)
+    assert len(calls) == 3, "KERAS_STN_NATIVE=0 must bypass the native kernel"
+
+
+@torch_only
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", PADDINGS)
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_native_grid_sample_matches_portable(interpolation, padding_mode, align_corners, data_format, rng):
+    in_size, out_size = (5, 7), (6, 9)  # the output is larger than the input, odd sizes
+    theta = random_theta(rng, 2, in_size, out_size, align_corners, margin=1e-3, dtype="float64", scale=0.6)
+    theta[:, :, :2] *= 1.4  # zoomed out: the grid reaches outside the image on every side
+    grid = to_numpy(affine_grid(theta, out_size, align_corners))
+    images = rng.random((2, *in_size, 3))
+    weights = rng.normal(size=(2, *out_size, 3))
+    if data_format == "channels_first":
+        images, weights = images.transpose(0, 3, 1, 2), weights.transpose(0, 3, 1, 2)
+
+    def loss(images, grid):
+        out = grid_sample(images, grid, interpolation, padding_mode, align_corners, data_format)
+        return keras.ops.sum(out * tensor(weights))
+
+    assert_same(*both_samplers(loss, images, grid))
+
+
+@torch_only
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", PADDINGS)
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_native_affine_sample_matches_portable(interpolation, padding_mode, align_corners, rng):
+    """Through theta as well: PyTorch's affine_grid against the portable pixel arithmetic."""
+    in_size, out_size = (6, 5), (4, 7)
+    theta = random_theta(rng, 3, in_size, out_size, align_corners, margin=1e-3, dtype="float64", scale=0.5)
+    images = rng.random((3, *in_size, 2))
+    weights = tensor(rng.normal(size=(3, *out_size, 2)))
+
+    def loss(images, theta):
+        out = affine_sample(images, theta, out_size, interpolation, padding_mode, align_corners)
+        return keras.ops.sum(out * weights)
+
+    assert_same(*both_samplers(loss, images, theta), rtol=1e-7, atol=1e-9)
+
+
+@torch_only
+@pytest.mark.parametrize("padding_mode", PADDINGS)
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
+def test_native_volumes_match_portable(interpolation, padding_mode, rng):
+    theta = np.tile(np.eye(3, 4), (2, 1, 1)) + rng.uniform(-0.3, 0.3, (2, 3, 4))
+    volumes = rng.random((2, 3, 4, 5, 2))
+    weights = tensor(rng.normal(size=(2, 4, 3, 6, 2)))
+
+    def loss(volumes, theta):
+        return keras.ops.sum(affine_sample(volumes, theta, (4, 3, 6), interpolation, padding_mode) * weights)
+
+    assert_same(*both_samplers(loss, volumes, theta), rtol=1e-7, atol=1e-9)
+
+
+@torch_only
+@pytest.mark.parametrize("padding_mode", PADDINGS)
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_native_non_finite_coordinates_read_nothing(interpolation, padding_mode, rng):
+    """NaN and inf grid points give 0 and zero gradients, whatever PyTorch's kernel does with them;
+    the other points are untouched."""
+    images = rng.random((1, 4, 4, 1))
+    grid = rng.uniform(-0.9, 0.9, (1, 3, 3, 2))
+    grid[0, 0, 0, 0] = np.nan
+    grid[0, 1, 1, 1] = np.inf
+    grid[0, 2, 2, 0] = -np.inf
+    bad = np.zeros((1, 3, 3), bool)
+    bad[0, 0, 0] = bad[0, 1, 1] = bad[0, 2, 2] = True
+
+    def loss(images, grid):
+        return keras.ops.sum(grid_sample(images, grid, interpolation, padding_mode))
+
+    (value, (grad_images, grad_grid)), portable = both_samplers(loss, images, grid)
+    assert np.all(np.isfinite(grad_images)) and np.all(np.isfinite(grad_grid))
+    assert np.all(grad_grid[bad] == 0)
+    with sampler("native"):
+        out = to_numpy(grid_sample(images, grid, interpolation, padding_mode))
+    assert np.all(out[bad] == 0) and np.all(out[~bad] != 0)
+    assert_same((value, (grad_images, grad_grid)), portable)
+
+
+@torch_only
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_native_huge_coordinates_agree(interpolation, padding_mode, rng):
+    """Far outside the image (up to float32's maximum) both read the padding: 0, or the edge."""
+    images = rng.random((1, 3, 4, 1)).astype("float32")
+    big = np.array([1e30, -1e30, 3e38, -3e38, 2.0**100, 1e6], "float32")
+    grid = np.stack([big, np.zeros_like(big)], axis=-1)[None, None]
+    grid = np.concatenate([grid, grid[..., ::-1]], axis=1)  # the same along y
+    outputs = []
+    for kind in ("native", "portable"):
+        with sampler(kind):
+            outputs.append(to_numpy(grid_sample(images, grid, interpolation, padding_mode)))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    if padding_mode == "zeros":
+        assert np.all(outputs[0] == 0)
+
+
+@torch_only
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_native_half_precision_keeps_the_dtype(dtype, rng):
+    import torch
+
+    images = torch.tensor(rng.random((2, 5, 5, 3)), dtype=getattr(torch, dtype))
+    theta = random_theta(rng, 2, (5, 5), (5, 5), False, dtype="float32")
+    outputs = []
+    for kind in ("native", "portable"):
+        with sampler(kind):
+            out = affine_sample(images, theta)
+            assert keras.backend.standardize_dtype(out.dtype) == dtype
+            outputs.append(to_numpy(out.float()))
+    tolerance = 1e-2 if dtype == "bfloat16" else 1e-3  # one rounding to the half dtype
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=tolerance)
+
+
+@torch_only
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_native_identity_is_exact_with_the_kernels_gradient(channels_first, rng):
+    """An exact identity theta returns the images bit for bit (PyTorch's kernel alone is off
+    by a rounding); the gradients are still the kernel's. At the identity every pixel sits on
+    a kink of bilinear interpolation, where the gradient with respect to theta is one-sided:
+    the portable sampler takes the forward difference, the kernel whichever side its rounding
+    lands on, so only the images' gradient and the x row of the shifted image's theta gradient are compared."""
+    images = rng.random((3, 7, 5, 2)).astype("float32")
+    if channels_first:
+        images = images.transpose(0, 3, 1, 2)
+    theta = np.tile(np.eye(2, 3, dtype="float32"), (3, 1, 1))
+    theta[2, 0, 2] = 0.1  # not the identity: no exactness promised for that image
+    data_format = "channels_first" if channels_first else "channels_last"
+    weights = tensor(rng.normal(size=images.shape).astype("float32"))
+
+    def loss(images, theta):
+        return keras.ops.sum(affine_sample(images, theta, data_format=data_format) * weights)
+
+    with sampler("native"):
+        out = to_numpy(affine_sample(images, theta, data_format=data_format))
+    np.testing.assert_array_equal(out[:2], images[:2])
+    (value_n, (images_n, theta_n)), (value_p, (images_p, theta_p)) = both_samplers(loss, images, theta)
+    np.testing.assert_allclose(value_n, value_p, rtol=1e-5)
+    np.testing.assert_allclose(images_n, images_p, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(theta_n[2, 0], theta_p[2, 0], rtol=1e-4, atol=1e-4)  # its y: still on kinks
+    assert np.all(np.isfinite(theta_n))
