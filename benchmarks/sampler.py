@@ -1,22 +1,36 @@
 """Times affine_grid + grid_sample, forward and forward+backward, against PyTorch's native kernel.
 
-    KERAS_BACKEND=jax python -m benchmarks.sampler [--repeats 20] [--workloads small,channels,large]
+    KERAS_BACKEND=jax python -m benchmarks.sampler [--repeats 20] [--cases small,large-nearest]
+    KERAS_BACKEND=torch python -m benchmarks.sampler --training
 
-Each workload warps a batch by a random affine theta with bilinear sampling and zero padding.
-keras_stn runs through `keras_stn.ops.affine_sample` (what the layer uses), compiled where the
-backend compiles (`jax.jit`, `tf.function(jit_compile=True)`; torch runs eagerly). The reference,
-measured in the same process, is `torch.nn.functional.affine_grid` + `grid_sample` on the same
-device. Forward+backward means gradients with respect to the images and theta of
-`sum(output * weights)`. Times are medians over `--repeats` runs after two warm-up runs; the
-table prints keras_stn's time over torch's (below 1 is faster) and is also written as JSON and
-markdown under benchmarks/results/.
+Each case warps a batch by random affine thetas (zero padding) through
+`keras_stn.ops.affine_sample`, what the layer uses, under the current Keras backend:
+
+- jax: `jax.jit` ("jit"), and the reference `jax.scipy.ndimage.map_coordinates` ("map_coordinates",
+  bilinear and nearest only: it has no bicubic), vmapped over images and channels;
+- tensorflow: `tf.function(jit_compile=True)` ("xla");
+- torch: eager, which samples with PyTorch's kernel ("native"), the portable `keras.ops` sampler
+  (`KERAS_STN_NATIVE=0`, "portable"), and that one under `torch.compile` ("compiled") when it
+  compiles on this machine.
+
+The reference, measured in the same process and on the same device, is
+`torch.nn.functional.affine_grid` + `grid_sample` in the case's dtype. Forward+backward takes
+the gradients with respect to the images and theta of `sum(output * weights)`. Times are the
+median over `--repeats` runs after two warm-up runs; ratios are keras_stn's time over the
+reference's (below 1 is faster). Peak memory is the device's peak where the backend reports it
+(CUDA), else the process' peak resident memory so far. `--training` adds the cost of the
+transformer in a training step: the distorted-MNIST ST-CNN (affine) against the same CNN
+without a transformer, `train_on_batch` on 60x60 inputs. Results go to benchmarks/results/ as
+JSON and markdown, with the machine, versions and date.
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 
@@ -25,18 +39,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from keras_stn.ops import affine_sample
+from keras_stn.ops import affine_sample, native
 
 WORKLOADS = {
     # name: (batch, height, width, channels, out_height, out_width)
     "small": (64, 60, 60, 1, 60, 60),
     "channels": (32, 64, 64, 32, 64, 64),
     "large": (8, 224, 224, 3, 224, 224),
+    "huge": (256, 224, 224, 3, 224, 224),  # the memory check; run it on its own
 }
+VARIANTS = {
+    # name: (interpolation, dtype)
+    "bilinear": ("bilinear", "float32"),
+    "nearest": ("nearest", "float32"),
+    "bicubic": ("bicubic", "float32"),
+    "float16": ("bilinear", "float16"),
+}
+DEFAULT_CASES = (
+    "small,channels,large,small-nearest,small-bicubic,small-float16,large-nearest,large-bicubic,large-float16"
+)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def median_time(fn, repeats):
+def parse_case(case):
+    workload, _, variant = case.partition("-")
+    return workload, variant or "bilinear"
+
+
+def median_ms(fn, repeats):
     for _ in range(2):
         fn()
     times = []
@@ -44,30 +74,63 @@ def median_time(fn, repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return 1e3 * statistics.median(times)
 
 
-def keras_fns(images, theta, weights, size):
-    """(forward, forward+backward) callables for the current backend, results forced to host."""
+def peak_memory_mib():
+    """The CUDA device's peak allocation if there is one in use, else this process' peak RSS."""
+    if keras.config.backend() == "jax":
+        import jax
+
+        stats = jax.devices()[0].memory_stats()
+        if stats and "peak_bytes_in_use" in stats:
+            return stats["peak_bytes_in_use"] / 2**20, "device peak"
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20, "device peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+
+
+def reset_peak_memory():
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+@contextlib.contextmanager
+def portable_sampler():
+    before = os.environ.get(native.ENVIRONMENT_VARIABLE)
+    os.environ[native.ENVIRONMENT_VARIABLE] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[native.ENVIRONMENT_VARIABLE]
+        else:
+            os.environ[native.ENVIRONMENT_VARIABLE] = before
+
+
+def keras_implementations(images, theta, weights, size, interpolation):
+    """{name: (forward, forward+backward)} for the current backend; each call waits for its result."""
     backend = keras.config.backend()
 
     def forward(x, t):
-        return affine_sample(x, t, size)
+        return affine_sample(x, t, size, interpolation=interpolation)
 
     def loss(x, t):
-        return keras.ops.sum(affine_sample(x, t, size) * weights)
+        return keras.ops.sum(keras.ops.cast(forward(x, t), "float32") * w)
 
     if backend == "jax":
         import jax
 
-        x, t, weights = (jax.numpy.asarray(a) for a in (images, theta, weights))
-        fwd = jax.jit(forward)
-        both = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        return (lambda: fwd(x, t).block_until_ready()), (lambda: jax.block_until_ready(both(x, t)))
+        x, t, w = (jax.device_put(a) for a in (images, theta, weights))
+        fwd, both = jax.jit(forward), jax.jit(jax.grad(loss, argnums=(0, 1)))
+        impls = {"jit": ((lambda: fwd(x, t).block_until_ready()), (lambda: jax.block_until_ready(both(x, t))))}
+        if interpolation != "bicubic":
+            impls["map_coordinates"] = map_coordinates_implementation(x, t, w, size, interpolation)
+        return impls
     if backend == "tensorflow":
         import tensorflow as tf
 
-        x, t, weights = (tf.constant(a) for a in (images, theta, weights))
+        x, t, w = (tf.constant(a) for a in (images, theta, weights))
         fwd = tf.function(forward, jit_compile=True)
 
         @tf.function(jit_compile=True)
@@ -77,78 +140,176 @@ def keras_fns(images, theta, weights, size):
                 value = loss(x, t)
             return tape.gradient(value, [x, t])
 
-        return (lambda: fwd(x, t).numpy()), (lambda: [g.numpy() for g in both(x, t)])
-    x = torch.tensor(images, requires_grad=True)
-    t = torch.tensor(theta, requires_grad=True)
-    weights = torch.tensor(weights)
+        return {"xla": ((lambda: fwd(x, t).numpy()), (lambda: [g.numpy() for g in both(x, t)]))}
 
-    def torch_both():
-        torch.autograd.grad(loss(x, t), [x, t])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.tensor(images, device=device, requires_grad=True)
+    t = torch.tensor(theta, device=device, requires_grad=True)
+    w = torch.tensor(weights, device=device)
 
-    def torch_forward():
-        with torch.no_grad():
-            forward(x, t)
+    def torch_pair(fwd, loss_fn):
+        def run_forward():
+            with torch.no_grad():
+                fwd(x, t)
+            sync()
 
-    return torch_forward, torch_both
+        def run_both():
+            torch.autograd.grad(loss_fn(x, t), [x, t])
+            sync()
+
+        return run_forward, run_both
+
+    impls = {"native": torch_pair(forward, loss)}
+
+    def portable(fn):
+        def wrapped(*args):
+            with portable_sampler():
+                return fn(*args)
+
+        return wrapped
+
+    impls["portable"] = torch_pair(portable(forward), portable(loss))
+    try:
+        with portable_sampler():
+            compiled_forward, compiled_loss = torch.compile(forward), torch.compile(loss)
+            compiled = torch_pair(compiled_forward, compiled_loss)
+            compiled[1]()  # compile now, inside the switch, so the portable sampler is traced
+        impls["compiled"] = compiled
+    except Exception as error:  # torch.compile needs a working C++ toolchain on CPU
+        print(f"torch.compile unavailable: {type(error).__name__}: {str(error).splitlines()[0][:100]}")
+    return impls
 
 
-def torch_fns(images, theta, weights, size):
-    x = torch.tensor(images).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
-    t = torch.tensor(theta, requires_grad=True)
-    w = torch.tensor(weights).permute(0, 3, 1, 2)
+def map_coordinates_implementation(x, t, w, size, interpolation):
+    """JAX's own interpolation routine on the same pixel coordinates (zero padding)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.scipy.ndimage import map_coordinates
+
+    from keras_stn.ops import affine_grid
+
+    height, width = x.shape[1:3]
+    order = 1 if interpolation == "bilinear" else 0
+
+    def forward(x, t):
+        grid = affine_grid(t, size)
+        px = ((grid[..., 0] + 1) * width - 1) / 2
+        py = ((grid[..., 1] + 1) * height - 1) / 2
+        per_channel = jax.vmap(lambda image, ys, xs: map_coordinates(image, [ys, xs], order, cval=0.0), (2, None, None))
+        per_image = jax.vmap(lambda image, ys, xs: per_channel(image, ys, xs), (0, 0, 0))
+        return jnp.moveaxis(per_image(x, py, px), 1, -1)
+
+    fwd = jax.jit(forward)
+    both = jax.jit(jax.grad(lambda x, t: jnp.sum(forward(x, t).astype("float32") * w), argnums=(0, 1)))
+    return (lambda: fwd(x, t).block_until_ready()), (lambda: jax.block_until_ready(both(x, t)))
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reference_implementation(images, theta, weights, size, interpolation):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.tensor(images, device=device).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    t = torch.tensor(theta, device=device, requires_grad=True)
+    w = torch.tensor(weights, device=device).permute(0, 3, 1, 2)
 
     def run(x, t):
-        grid = F.affine_grid(t, (x.shape[0], x.shape[1], *size), align_corners=False)
-        return F.grid_sample(x, grid, "bilinear", "zeros", align_corners=False)
+        grid = F.affine_grid(t.to(x.dtype), (x.shape[0], x.shape[1], *size), align_corners=False)
+        return F.grid_sample(x, grid, interpolation, "zeros", align_corners=False)
 
     def forward():
         with torch.no_grad():
             run(x, t)
+        sync()
 
     def both():
-        torch.autograd.grad((run(x, t) * w).sum(), [x, t])
+        torch.autograd.grad((run(x, t).float() * w).sum(), [x, t])
+        sync()
 
     return forward, both
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median reported)")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated subset of {list(WORKLOADS)}")
-    parser.add_argument("--no-save", action="store_true", help="print only; do not write benchmarks/results/")
-    args = parser.parse_args()
-    backend = keras.config.backend()
-    rng = np.random.default_rng(0)
+def case_inputs(case, rng):
+    workload, variant = parse_case(case)
+    batch, height, width, channels, out_h, out_w = WORKLOADS[workload]
+    interpolation, dtype = VARIANTS[variant]
+    images = rng.random((batch, height, width, channels), dtype=np.float32).astype(dtype)
+    theta = np.array([[0.9, -0.2, 0.05], [0.2, 0.9, -0.05]]) + rng.normal(scale=0.05, size=(batch, 2, 3))
+    weights = rng.normal(size=(batch, out_h, out_w, channels)).astype("float32")
+    shape = f"{batch}, {height}x{width}x{channels} -> {out_h}x{out_w}"
+    return images, theta.astype("float32"), weights, (out_h, out_w), interpolation, shape
+
+
+def benchmark_case(case, repeats, rng):
+    images, theta, weights, size, interpolation, shape = case_inputs(case, rng)
+    reset_peak_memory()
+    reference = reference_implementation(images, theta, weights, size, interpolation)
+    reference_ms = [median_ms(fn, repeats) for fn in reference]
     rows = []
-    for name in args.workloads.split(","):
-        batch, height, width, channels, out_h, out_w = WORKLOADS[name]
-        images = rng.random((batch, height, width, channels), dtype=np.float32)
-        theta = (np.array([[0.9, -0.2, 0.05], [0.2, 0.9, -0.05]]) + rng.normal(scale=0.05, size=(batch, 2, 3))).astype(
-            "float32"
+    for name, fns in keras_implementations(images, theta, weights, size, interpolation).items():
+        reset_peak_memory()
+        forward_ms, both_ms = (median_ms(fn, repeats) for fn in fns)
+        memory, memory_kind = peak_memory_mib()
+        rows.append(
+            {
+                "case": case,
+                "shape": shape,
+                "implementation": name,
+                "forward ms": forward_ms,
+                "forward torch ms": reference_ms[0],
+                "forward ratio": forward_ms / reference_ms[0],
+                "forward+backward ms": both_ms,
+                "forward+backward torch ms": reference_ms[1],
+                "forward+backward ratio": both_ms / reference_ms[1],
+                f"{memory_kind} MiB": memory,
+            }
         )
-        weights = rng.normal(size=(batch, out_h, out_w, channels)).astype("float32")
-        ours = keras_fns(images, theta, weights, (out_h, out_w))
-        reference = torch_fns(images, theta, weights, (out_h, out_w))
-        row = {"workload": name, "shape": f"{batch}, {height}x{width}x{channels} -> {out_h}x{out_w}"}
-        for label, mine, theirs in zip(("forward", "forward+backward"), ours, reference):
-            row[f"{label} keras_stn ms"] = 1e3 * median_time(mine, args.repeats)
-            row[f"{label} torch ms"] = 1e3 * median_time(theirs, args.repeats)
-            row[f"{label} ratio"] = row[f"{label} keras_stn ms"] / row[f"{label} torch ms"]
-        rows.append(row)
         print(
-            f"{name:<9} {row['shape']:<28} fwd {row['forward keras_stn ms']:8.2f} ms vs torch "
-            f"{row['forward torch ms']:8.2f} ms ({row['forward ratio']:.2f}x)   fwd+bwd "
-            f"{row['forward+backward keras_stn ms']:8.2f} ms vs torch {row['forward+backward torch ms']:8.2f} ms "
-            f"({row['forward+backward ratio']:.2f}x)",
+            f"{case:<15} {name:<16} fwd {forward_ms:8.2f} ms ({rows[-1]['forward ratio']:.2f}x)  "
+            f"fwd+bwd {both_ms:8.2f} ms ({rows[-1]['forward+backward ratio']:.2f}x)  "
+            f"torch {reference_ms[0]:.2f} / {reference_ms[1]:.2f} ms  {memory_kind} {memory:.0f} MiB",
             flush=True,
         )
+    return rows
+
+
+def training_step_cost(repeats, batch=64):
+    """Median `train_on_batch` time of the ST-CNN (affine) and of the CNN alone, 60x60 inputs."""
+    from experiments.models import build_model
+
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, 60, 60, 1), dtype=np.float32)
+    y = rng.integers(0, 10, size=batch)
+    timings = {}
+    for transform in ("none", "affine"):
+        model = build_model(transform, (60, 60, 1))
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        timings[transform] = median_ms(lambda model=model: model.train_on_batch(x, y), repeats)
+    row = {
+        "batch": batch,
+        "CNN ms": timings["none"],
+        "ST-CNN ms": timings["affine"],
+        "transformer share": 1 - timings["none"] / timings["affine"],
+    }
+    print(
+        f"training step, batch {batch}, 60x60: CNN {row['CNN ms']:.1f} ms, ST-CNN {row['ST-CNN ms']:.1f} ms "
+        f"(the transformer is {100 * row['transformer share']:.0f}% of the step)",
+        flush=True,
+    )
+    return row
+
+
+def metadata():
+    backend = keras.config.backend()
     meta = {
         "date": datetime.date.today().isoformat(),
         "backend": backend,
         "keras": keras.__version__,
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
-        "device": "cpu",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
     if backend == "jax":
         import jax
@@ -159,27 +320,55 @@ def main():
         import tensorflow as tf
 
         meta["tensorflow"] = tf.__version__
-    if not args.no_save:
-        os.makedirs(RESULTS, exist_ok=True)
-        stem = os.path.join(RESULTS, f"sampler_{backend}_{meta['device'].split(':')[0].lower()}")
-        with open(stem + ".json", "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
-        header = [
-            "workload",
-            "shape",
-            "forward ratio",
-            "forward+backward ratio",
-            "forward+backward keras_stn ms",
-            "forward+backward torch ms",
-        ]
-        with open(stem + ".md", "w") as f:
-            f.write(" ".join(f"{k}={v}" for k, v in meta.items()) + "\n\n")
+    return meta
+
+
+def write_results(stem, meta, rows, training):
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(stem + ".json", "w") as f:
+        json.dump({"meta": meta, "rows": rows, "training": training}, f, indent=2)
+    header = [k for k in rows[0] if k not in ("forward torch ms",)] if rows else []
+    with open(stem + ".md", "w") as f:
+        f.write(" ".join(f"{k}={v}" for k, v in meta.items()) + "\n\n")
+        if rows:
             f.write("| " + " | ".join(header) + " |\n|" + " --- |" * len(header) + "\n")
             for row in rows:
-                f.write(
-                    "| " + " | ".join(f"{row[k]:.2f}" if isinstance(row[k], float) else row[k] for k in header) + " |\n"
-                )
-        print("wrote", stem + ".json/.md")
+                cells = [row[k] if isinstance(row.get(k), str) else f"{row.get(k, float('nan')):.2f}" for k in header]
+                f.write("| " + " | ".join(cells) + " |\n")
+        if training:
+            f.write(
+                f"\nTraining step (batch {training['batch']}, 60x60): CNN {training['CNN ms']:.1f} ms, "
+                f"ST-CNN {training['ST-CNN ms']:.1f} ms; the transformer is "
+                f"{100 * training['transformer share']:.0f}% of the step.\n"
+            )
+    print("wrote", stem + ".json/.md")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median reported)")
+    parser.add_argument(
+        "--cases",
+        default=DEFAULT_CASES,
+        help="comma-separated WORKLOAD[-VARIANT]; workloads "
+        f"{list(WORKLOADS)}, variants {list(VARIANTS)} (default bilinear float32)",
+    )
+    parser.add_argument("--training", action="store_true", help="also time an ST-CNN training step against the CNN")
+    parser.add_argument("--no-save", action="store_true", help="print only; do not write benchmarks/results/")
+    parser.add_argument("--tag", default="", help="suffix for the result files' names")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    rows = []
+    for case in filter(None, args.cases.split(",")):
+        workload, variant = parse_case(case)
+        if workload not in WORKLOADS or variant not in VARIANTS:
+            parser.error(f"unknown case {case!r}: workloads {list(WORKLOADS)}, variants {list(VARIANTS)}")
+        rows.extend(benchmark_case(case, args.repeats, rng))
+    training = training_step_cost(args.repeats) if args.training else None
+    meta = metadata()
+    if not args.no_save:
+        device = "gpu" if meta["device"] != "cpu" and not meta["device"].lower().startswith("cpu") else "cpu"
+        write_results(os.path.join(RESULTS, f"sampler_{meta['backend']}_{device}{args.tag}"), meta, rows, training)
 
 
 if __name__ == "__main__":

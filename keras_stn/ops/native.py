@@ -12,6 +12,10 @@ kernel instead, wrapped so that the library's documented rules still hold:
 - half-precision images are sampled in float32 and returned in their own dtype;
 - channels-last tensors are passed as permuted views, without a copy.
 
+Each call reads one number back from the device (the grid's largest magnitude, and for
+`affine_sample` whether any theta is exactly the identity) to take the plain kernel call in
+the common case; grids with non-finite or huge coordinates take a masked path.
+
 This is the one dispatch point: set the environment variable `KERAS_STN_NATIVE=0` to use the
 portable sampler on the torch backend too (it is read at each call). The two agree to float
 rounding (`tests/test_native.py`); the portable path's exact identity for `affine_sample`
@@ -62,12 +66,27 @@ def sample(images, grid, interpolation, padding_mode, align_corners, data_format
     from keras_stn.ops.sampling import COORDINATE_BOUND
 
     dtype = getattr(torch, work)
-    finite = torch.isfinite(grid).all(dim=-1)
-    safe = torch.where(finite.unsqueeze(-1), grid.to(dtype).clamp(-COORDINATE_BOUND, COORDINATE_BOUND), 0.0)
+    grid = grid.to(dtype)
     source = to_channels_first(images, data_format).to(dtype)
-    output = F.grid_sample(source, safe, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
-    output = torch.where(finite.unsqueeze(1), output, 0.0)
+    if within_bound(grid):  # the common case: the kernel alone, with nothing around it
+        output = F.grid_sample(source, grid, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
+    else:
+        finite = torch.isfinite(grid).all(dim=-1)
+        safe = torch.where(finite.unsqueeze(-1), grid.clamp(-COORDINATE_BOUND, COORDINATE_BOUND), 0.0)
+        output = F.grid_sample(source, safe, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
+        output = torch.where(finite.unsqueeze(1), output, 0.0)
     return from_channels_first(output, data_format).to(images.dtype)
+
+
+def within_bound(grid):
+    """Whether every coordinate is finite and within `COORDINATE_BOUND` (NaN compares false).
+    One reduction and one read of its result; symbolic (meta) tensors have no values and take
+    the plain path, whose output shape is the same."""
+    from keras_stn.ops.sampling import COORDINATE_BOUND
+
+    if grid.device.type == "meta" or grid.numel() == 0:
+        return True
+    return bool(grid.detach().abs().amax() <= COORDINATE_BOUND)
 
 
 def affine_sample(images, theta, size, interpolation, padding_mode, align_corners, data_format, work):
@@ -95,5 +114,8 @@ def affine_sample(images, theta, size, interpolation, padding_mode, align_corner
     # on the portable path, with the kernel's gradients (which are the identity's, to rounding).
     rows = theta.shape[1]
     identity = torch.eye(rows, rows + 1, dtype=dtype, device=theta.device)
-    exact = (theta == identity).flatten(1).all(dim=1).view(-1, *([1] * (images.dim() - 1)))
+    exact = (theta.detach() == identity).flatten(1).all(dim=1)
+    if theta.device.type == "meta" or not bool(exact.any()):
+        return output
+    exact = exact.view(-1, *([1] * (images.dim() - 1)))
     return torch.where(exact, images.detach() + (output - output.detach()), output)
