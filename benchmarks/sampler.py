@@ -108,7 +108,7 @@ def portable_sampler():
             os.environ[native.ENVIRONMENT_VARIABLE] = before
 
 
-def keras_implementations(images, theta, weights, size, interpolation):
+def keras_implementations(images, theta, weights, size, interpolation, compile=True):
     """{name: (forward, forward+backward)} for the current backend; each call waits for its result."""
     backend = keras.config.backend()
 
@@ -140,7 +140,7 @@ def keras_implementations(images, theta, weights, size, interpolation):
                 value = loss(x, t)
             return tape.gradient(value, [x, t])
 
-        return {"xla": ((lambda: fwd(x, t).numpy()), (lambda: [g.numpy() for g in both(x, t)]))}
+        return {"xla": ((lambda: fwd(x, t).numpy()), (lambda: [g.numpy() for g in both(x, t) if g is not None]))}
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x = torch.tensor(images, device=device, requires_grad=True)
@@ -154,7 +154,7 @@ def keras_implementations(images, theta, weights, size, interpolation):
             sync()
 
         def run_both():
-            torch.autograd.grad(loss_fn(x, t), [x, t])
+            torch.autograd.grad(loss_fn(x, t), [x, t], allow_unused=True)
             sync()
 
         return run_forward, run_both
@@ -169,6 +169,8 @@ def keras_implementations(images, theta, weights, size, interpolation):
         return wrapped
 
     impls["portable"] = torch_pair(portable(forward), portable(loss))
+    if not compile:
+        return impls
     try:
         with portable_sampler():
             compiled_forward, compiled_loss = torch.compile(forward), torch.compile(loss)
@@ -242,13 +244,13 @@ def case_inputs(case, rng):
     return images, theta.astype("float32"), weights, (out_h, out_w), interpolation, shape
 
 
-def benchmark_case(case, repeats, rng):
+def benchmark_case(case, repeats, rng, compile=True):
     images, theta, weights, size, interpolation, shape = case_inputs(case, rng)
     reset_peak_memory()
     reference = reference_implementation(images, theta, weights, size, interpolation)
     reference_ms = [median_ms(fn, repeats) for fn in reference]
     rows = []
-    for name, fns in keras_implementations(images, theta, weights, size, interpolation).items():
+    for name, fns in keras_implementations(images, theta, weights, size, interpolation, compile).items():
         reset_peak_memory()
         forward_ms, both_ms = (median_ms(fn, repeats) for fn in fns)
         memory, memory_kind = peak_memory_mib()
@@ -354,6 +356,7 @@ def main():
         f"{list(WORKLOADS)}, variants {list(VARIANTS)} (default bilinear float32)",
     )
     parser.add_argument("--training", action="store_true", help="also time an ST-CNN training step against the CNN")
+    parser.add_argument("--no-compile", action="store_true", help="torch: skip the torch.compile measurement")
     parser.add_argument("--no-save", action="store_true", help="print only; do not write benchmarks/results/")
     parser.add_argument("--tag", default="", help="suffix for the result files' names")
     args = parser.parse_args()
@@ -363,7 +366,7 @@ def main():
         workload, variant = parse_case(case)
         if workload not in WORKLOADS or variant not in VARIANTS:
             parser.error(f"unknown case {case!r}: workloads {list(WORKLOADS)}, variants {list(VARIANTS)}")
-        rows.extend(benchmark_case(case, args.repeats, rng))
+        rows.extend(benchmark_case(case, args.repeats, rng, compile=not args.no_compile))
     training = training_step_cost(args.repeats) if args.training else None
     meta = metadata()
     if not args.no_save:

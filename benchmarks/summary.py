@@ -1,0 +1,50 @@
+"""Collects the sampler benchmark's results into one markdown table (the README's).
+
+    python -m benchmarks.summary [--device cpu]
+
+Reads benchmarks/results/sampler_<backend>_<device>.json for every backend present and prints,
+per case, each implementation's forward+backward time over PyTorch's native kernel measured in
+the same run (forward-only in brackets).
+"""
+
+import argparse
+import glob
+import json
+import os
+
+from benchmarks.sampler import RESULTS
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="which results: cpu or gpu")
+    args = parser.parse_args()
+    columns, cases, cells, shapes, notes = [], [], {}, {}, []
+    for path in sorted(glob.glob(os.path.join(RESULTS, f"sampler_*_{args.device}.json"))):
+        with open(path) as f:
+            result = json.load(f)
+        backend = result["meta"]["backend"]
+        for row in result["rows"]:
+            column = f"{backend} {row['implementation']}"
+            if column not in columns:
+                columns.append(column)
+            if row["case"] not in cases:
+                cases.append(row["case"])
+            shapes[row["case"]] = row["shape"]
+            cells[row["case"], column] = f"{row['forward+backward ratio']:.2f} ({row['forward ratio']:.2f})"
+        training = result.get("training")
+        if training:
+            notes.append(
+                f"{backend}: CNN {training['CNN ms']:.0f} ms, ST-CNN {training['ST-CNN ms']:.0f} ms "
+                f"({100 * training['transformer share']:.0f}% of the step)"
+            )
+    print("| case | shape | " + " | ".join(columns) + " |")
+    print("| --- | --- |" + " --- |" * len(columns))
+    for case in cases:
+        print(f"| {case} | {shapes[case]} | " + " | ".join(cells.get((case, c), "n/a") for c in columns) + " |")
+    if notes:
+        print("\nTraining step, batch 64, 60x60, affine ST-CNN vs the CNN alone: " + "; ".join(notes) + ".")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Smoke runs of the benchmark scripts on tiny inputs: they run, measure every implementation
+of the current backend, and write results that the summary reads back."""
+
+import numpy as np
+
+from benchmarks import sampler, summary
+from helpers import BACKEND
+
+IMPLEMENTATIONS = {"jax": {"jit", "map_coordinates"}, "tensorflow": {"xla"}, "torch": {"native", "portable"}}
+
+
+def test_sampler_benchmark_measures_each_implementation(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sampler.WORKLOADS, "tiny", (2, 6, 5, 2, 4, 7))
+    monkeypatch.setattr(sampler, "RESULTS", str(tmp_path))
+    monkeypatch.setattr(summary, "RESULTS", str(tmp_path))
+    rng = np.random.default_rng(0)
+    rows = []
+    for case in ("tiny", "tiny-nearest", "tiny-bicubic", "tiny-float16"):
+        rows.extend(sampler.benchmark_case(case, repeats=1, rng=rng, compile=False))
+    expected = IMPLEMENTATIONS[BACKEND]
+    assert {row["implementation"] for row in rows if row["case"] == "tiny"} == expected
+    assert {row["implementation"] for row in rows if row["case"] == "tiny-bicubic"} == expected - {"map_coordinates"}
+    for row in rows:
+        assert row["forward ms"] > 0 and row["forward+backward ratio"] > 0
+    sampler.write_results(str(tmp_path / f"sampler_{BACKEND}_cpu"), sampler.metadata(), rows, None)
+    assert (tmp_path / f"sampler_{BACKEND}_cpu.md").read_text().count("| tiny") == len(rows)
+    capsys.readouterr()
+    monkeypatch.setattr("sys.argv", ["summary"])
+    summary.main()
+    table = capsys.readouterr().out
+    assert all(f"{BACKEND} {name}" in table for name in expected)
