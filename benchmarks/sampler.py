@@ -25,7 +25,6 @@ JSON and markdown, with the machine, versions and date.
 """
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -95,19 +94,6 @@ def reset_peak_memory():
         torch.cuda.reset_peak_memory_stats()
 
 
-@contextlib.contextmanager
-def portable_sampler():
-    before = os.environ.get(native.ENVIRONMENT_VARIABLE)
-    os.environ[native.ENVIRONMENT_VARIABLE] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[native.ENVIRONMENT_VARIABLE]
-        else:
-            os.environ[native.ENVIRONMENT_VARIABLE] = before
-
-
 def keras_implementations(images, theta, weights, size, interpolation, compile=True):
     """{name: (forward, forward+backward)} for the current backend; each call waits for its result."""
     backend = keras.config.backend()
@@ -163,7 +149,7 @@ def keras_implementations(images, theta, weights, size, interpolation, compile=T
 
     def portable(fn):
         def wrapped(*args):
-            with portable_sampler():
+            with native.switched(False):
                 return fn(*args)
 
         return wrapped
@@ -172,7 +158,7 @@ def keras_implementations(images, theta, weights, size, interpolation, compile=T
     if not compile:
         return impls
     try:
-        with portable_sampler():
+        with native.switched(False):
             compiled_forward, compiled_loss = torch.compile(forward), torch.compile(loss)
             compiled = torch_pair(compiled_forward, compiled_loss)
             compiled[1]()  # compile now, inside the switch, so the portable sampler is traced

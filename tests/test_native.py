@@ -7,9 +7,6 @@ the rules the wrapper adds (non-finite and huge coordinates, dtypes, the exact i
 checked. On the other backends there is no native path, and the dispatch must say so.
 """
 
-import contextlib
-import os
-
 import keras
 import numpy as np
 import pytest
@@ -25,18 +22,9 @@ INTERPOLATIONS = ["bilinear", "nearest", "bicubic"]
 PADDINGS = ["zeros", "border", "reflection"]
 
 
-@contextlib.contextmanager
 def sampler(kind):
-    """Runs the block with the native kernel (`"native"`) or the portable sampler."""
-    before = os.environ.get(native.ENVIRONMENT_VARIABLE)
-    os.environ[native.ENVIRONMENT_VARIABLE] = "1" if kind == "native" else "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[native.ENVIRONMENT_VARIABLE]
-        else:
-            os.environ[native.ENVIRONMENT_VARIABLE] = before
+    """Runs a block with the native kernel (`"native"`) or the portable sampler."""
+    return native.switched(kind == "native")
 
 
 def both_samplers(fn, *args):

@@ -17,11 +17,13 @@ Each call reads one number back from the device (the grid's largest magnitude, a
 the common case; grids with non-finite or huge coordinates take a masked path.
 
 This is the one dispatch point: set the environment variable `KERAS_STN_NATIVE=0` to use the
-portable sampler on the torch backend too (it is read at each call). The two agree to float
+portable sampler on the torch backend too (it is read at each call; `switched(False)` does
+the same for a block of code). The two agree to float
 rounding (`tests/test_native.py`); the portable path's exact identity for `affine_sample`
 becomes exact to rounding, about 1e-7 of the values, on the native one.
 """
 
+import contextlib
 import os
 import warnings
 
@@ -37,6 +39,21 @@ def enabled(images):
     if keras.config.backend() != "torch" or images.shape[0] == 0:
         return False
     return os.environ.get(ENVIRONMENT_VARIABLE, "1").strip().lower() not in OFF
+
+
+@contextlib.contextmanager
+def switched(on):
+    """Within the block, sample with PyTorch's kernel on the torch backend (`on=True`) or with the
+    portable sampler (`on=False`), whatever `KERAS_STN_NATIVE` says outside it."""
+    before = os.environ.get(ENVIRONMENT_VARIABLE)
+    os.environ[ENVIRONMENT_VARIABLE] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[ENVIRONMENT_VARIABLE]
+        else:
+            os.environ[ENVIRONMENT_VARIABLE] = before
 
 
 def to_channels_first(images, data_format):
