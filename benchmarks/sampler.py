@@ -159,8 +159,8 @@ def keras_implementations(images, theta, weights, size, interpolation, compile=T
         return impls
     try:
         with native.switched(False):
-            compiled_forward, compiled_loss = torch.compile(forward), torch.compile(loss)
-            compiled = torch_pair(compiled_forward, compiled_loss)
+            # Called inside the switch too: dynamo would otherwise retrace with the native kernel.
+            compiled = torch_pair(portable(torch.compile(forward)), portable(torch.compile(loss)))
             compiled[1]()  # compile now, inside the switch, so the portable sampler is traced
         impls["compiled"] = compiled
     except Exception as error:  # torch.compile needs a working C++ toolchain on CPU

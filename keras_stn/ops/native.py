@@ -17,10 +17,11 @@ Each call reads one number back from the device (the grid's largest magnitude, a
 the common case; grids with non-finite or huge coordinates take a masked path.
 
 This is the one dispatch point: set the environment variable `KERAS_STN_NATIVE=0` to use the
-portable sampler on the torch backend too (it is read at each call; `switched(False)` does
-the same for a block of code). The two agree to float
-rounding (`tests/test_native.py`); the portable path's exact identity for `affine_sample`
-becomes exact to rounding, about 1e-7 of the values, on the native one.
+portable sampler on the torch backend too (it is read at each call; `switched(False)` does the
+same for a block of code). The two agree to float rounding (`tests/test_native.py`). An exact
+identity theta returns the images bit for bit on both; other warps that the portable sampler
+computes exactly (quarter turns, whole-pixel crops) are exact to rounding, about 1e-7 of the
+values, on the native one.
 """
 
 import contextlib
