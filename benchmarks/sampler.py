@@ -133,35 +133,25 @@ def keras_implementations(images, theta, weights, size, interpolation, compile=T
     t = torch.tensor(theta, device=device, requires_grad=True)
     w = torch.tensor(weights, device=device)
 
-    def torch_pair(fwd, loss_fn):
-        def run_forward():
-            with torch.no_grad():
-                fwd(x, t)
-            sync()
-
-        def run_both():
-            torch.autograd.grad(loss_fn(x, t), [x, t], allow_unused=True)
-            sync()
-
-        return run_forward, run_both
-
-    impls = {"native": torch_pair(forward, loss)}
-
     def portable(fn):
+        """`fn` run with the portable sampler; compiled functions too must be called inside
+        the switch, or dynamo retraces them onto the native kernel."""
+
         def wrapped(*args):
             with native.switched(False):
                 return fn(*args)
 
         return wrapped
 
-    impls["portable"] = torch_pair(portable(forward), portable(loss))
+    impls = {
+        "native": torch_timers(forward, loss, x, t),
+        "portable": torch_timers(portable(forward), portable(loss), x, t),
+    }
     if not compile:
         return impls
     try:
-        with native.switched(False):
-            # Called inside the switch too: dynamo would otherwise retrace with the native kernel.
-            compiled = torch_pair(portable(torch.compile(forward)), portable(torch.compile(loss)))
-            compiled[1]()  # compile now, inside the switch, so the portable sampler is traced
+        compiled = torch_timers(portable(torch.compile(forward)), portable(torch.compile(loss)), x, t)
+        compiled[1]()  # compile now, so that a failure to compile is caught here
         impls["compiled"] = compiled
     except Exception as error:  # torch.compile needs a working C++ toolchain on CPU
         print(f"torch.compile unavailable: {type(error).__name__}: {str(error).splitlines()[0][:100]}")
@@ -175,14 +165,14 @@ def map_coordinates_implementation(x, t, w, size, interpolation):
     from jax.scipy.ndimage import map_coordinates
 
     from keras_stn.ops import affine_grid
+    from keras_stn.ops.sampling import unnormalize
 
     height, width = x.shape[1:3]
     order = 1 if interpolation == "bilinear" else 0
 
     def forward(x, t):
         grid = affine_grid(t, size)
-        px = ((grid[..., 0] + 1) * width - 1) / 2
-        py = ((grid[..., 1] + 1) * height - 1) / 2
+        px, py = unnormalize(grid[..., 0], width, False), unnormalize(grid[..., 1], height, False)
         per_channel = jax.vmap(lambda image, ys, xs: map_coordinates(image, [ys, xs], order, cval=0.0), (2, None, None))
         per_image = jax.vmap(lambda image, ys, xs: per_channel(image, ys, xs), (0, 0, 0))
         return jnp.moveaxis(per_image(x, py, px), 1, -1)
@@ -197,6 +187,23 @@ def sync():
         torch.cuda.synchronize()
 
 
+def torch_timers(forward, loss, x, t):
+    """(forward, forward+backward) callables for torch functions of `(x, t)`, each waiting for
+    the device; the backward takes the gradients of `loss` with respect to both (`nearest` has
+    none with respect to theta on the portable sampler)."""
+
+    def run_forward():
+        with torch.no_grad():
+            forward(x, t)
+        sync()
+
+    def run_both():
+        torch.autograd.grad(loss(x, t), [x, t], allow_unused=True)
+        sync()
+
+    return run_forward, run_both
+
+
 def reference_implementation(images, theta, weights, size, interpolation):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x = torch.tensor(images, device=device).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
@@ -207,16 +214,7 @@ def reference_implementation(images, theta, weights, size, interpolation):
         grid = F.affine_grid(t.to(x.dtype), (x.shape[0], x.shape[1], *size), align_corners=False)
         return F.grid_sample(x, grid, interpolation, "zeros", align_corners=False)
 
-    def forward():
-        with torch.no_grad():
-            run(x, t)
-        sync()
-
-    def both():
-        torch.autograd.grad((run(x, t).float() * w).sum(), [x, t])
-        sync()
-
-    return forward, both
+    return torch_timers(run, lambda x, t: (run(x, t).float() * w).sum(), x, t)
 
 
 def case_inputs(case, rng):

@@ -30,6 +30,9 @@ import warnings
 
 import keras
 
+# Read at call time: `sampling` imports this module while it is itself being imported.
+from keras_stn.ops import sampling
+
 ENVIRONMENT_VARIABLE = "KERAS_STN_NATIVE"
 OFF = ("0", "false", "no", "off")
 
@@ -61,15 +64,13 @@ def to_channels_first(images, data_format):
     """A channels-first view of `images` (no copy) for PyTorch's kernel."""
     if data_format == "channels_first":
         return images
-    rank = images.dim()
-    return images.permute(0, rank - 1, *range(1, rank - 1))
+    return images.permute(sampling.channels_first_axes(images.dim()))
 
 
 def from_channels_first(output, data_format):
     if data_format == "channels_first":
         return output
-    rank = output.dim()
-    return output.permute(0, *range(2, rank), 1)
+    return output.permute(sampling.channels_last_axes(output.dim()))
 
 
 def sample(images, grid, interpolation, padding_mode, align_corners, data_format, work):
@@ -81,8 +82,7 @@ def sample(images, grid, interpolation, padding_mode, align_corners, data_format
     import torch
     import torch.nn.functional as F
 
-    from keras_stn.ops.sampling import COORDINATE_BOUND
-
+    bound = sampling.COORDINATE_BOUND
     dtype = getattr(torch, work)
     grid = grid.to(dtype)
     source = to_channels_first(images, data_format).to(dtype)
@@ -90,7 +90,7 @@ def sample(images, grid, interpolation, padding_mode, align_corners, data_format
         output = F.grid_sample(source, grid, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
     else:
         finite = torch.isfinite(grid).all(dim=-1)
-        safe = torch.where(finite.unsqueeze(-1), grid.clamp(-COORDINATE_BOUND, COORDINATE_BOUND), 0.0)
+        safe = torch.where(finite.unsqueeze(-1), grid.clamp(-bound, bound), 0.0)
         output = F.grid_sample(source, safe, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
         output = torch.where(finite.unsqueeze(1), output, 0.0)
     return from_channels_first(output, data_format).to(images.dtype)
@@ -100,11 +100,9 @@ def within_bound(grid):
     """Whether every coordinate is finite and within `COORDINATE_BOUND` (NaN compares false).
     One reduction and one read of its result; symbolic (meta) tensors have no values and take
     the plain path, whose output shape is the same."""
-    from keras_stn.ops.sampling import COORDINATE_BOUND
-
     if grid.device.type == "meta" or grid.numel() == 0:
         return True
-    return bool(grid.detach().abs().amax() <= COORDINATE_BOUND)
+    return bool(grid.detach().abs().amax() <= sampling.COORDINATE_BOUND)
 
 
 def affine_sample(images, theta, size, interpolation, padding_mode, align_corners, data_format, work):

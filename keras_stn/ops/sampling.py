@@ -244,13 +244,21 @@ def check_modes(interpolation, padding_mode, align_corners, data_format):
     return v.standardize_data_format(data_format)
 
 
+def channels_last_axes(rank):
+    """The permutation that moves the channels of a rank-`rank` channels-first tensor last."""
+    return (0, *range(2, rank), 1)
+
+
+def channels_first_axes(rank):
+    """The permutation that moves the channels of a rank-`rank` channels-last tensor first."""
+    return (0, rank - 1, *range(1, rank - 1))
+
+
 def sample_in_layout(images, data_format, sample):
     """Runs `sample(channels_last_images)` and returns the result in `data_format`."""
     if data_format == "channels_first":
         rank = len(images.shape)
-        to_last = (0, *range(2, rank), 1)
-        to_first = (0, rank - 1, *range(1, rank - 1))
-        return ops.transpose(sample(ops.transpose(images, to_last)), to_first)
+        return ops.transpose(sample(ops.transpose(images, channels_last_axes(rank))), channels_first_axes(rank))
     return sample(images)
 
 
