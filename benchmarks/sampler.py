@@ -150,6 +150,9 @@ def keras_implementations(images, theta, weights, size, interpolation, compile=T
     if not compile:
         return impls
     try:
+        # Each case compiles afresh: dynamo's cache is keyed by the functions' code, which every
+        # case shares, and past its recompilation limit it silently falls back to eager.
+        torch._dynamo.reset()
         compiled = torch_timers(portable(torch.compile(forward)), portable(torch.compile(loss)), x, t)
         compiled[1]()  # compile now, so that a failure to compile is caught here
         impls["compiled"] = compiled
