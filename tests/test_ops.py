@@ -681,6 +681,31 @@ def test_gradients_finite_with_non_finite_and_huge_coordinates(interpolation, pa
     np.testing.assert_allclose(d_grid[normal], d_clean[normal], rtol=1e-5, atol=1e-5)
 
 
+@all_paddings
+@both_aligns
+@pytest.mark.parametrize("shift", [3e38, -3e38, 1e30])
+def test_affine_sample_with_huge_theta_reads_the_padding(shift, padding_mode, align_corners, rng):
+    """Theta entries near float32's maximum once overflowed the pixel coordinates to inf, which
+    read 0 even under border padding. They are bounded like grid coordinates: a translation
+    that far right reads the padding there, i.e. 0 or the right (left) edge column."""
+    images = random_images(rng, (2, 5, 6, 2)) + 0.5
+    theta = np.tile(np.array([[1, 0, shift], [0, 1, 0]], "float32"), (2, 1, 1))
+    out = to_numpy(affine_sample(images, theta, padding_mode=padding_mode, align_corners=align_corners))
+    _, (d_images, d_theta) = value_and_grad(
+        lambda x, t: ops.sum(affine_sample(x, t, padding_mode=padding_mode, align_corners=align_corners)),
+        images,
+        theta,
+    )
+    assert np.isfinite(d_images).all() and np.isfinite(d_theta).all()
+    if padding_mode == "zeros":
+        np.testing.assert_array_equal(out, 0)
+    elif padding_mode == "border":
+        edge = images[:, :, -1:] if shift > 0 else images[:, :, :1]
+        np.testing.assert_allclose(out, np.broadcast_to(edge, out.shape), rtol=1e-6)
+    else:  # folded back into the image somewhere: the exact point is rounding noise
+        assert np.isfinite(out).all() and out.min() >= images.min() - 1e-6 and out.max() <= images.max() + 1e-6
+
+
 # Spans that are powers of two keep every centre/edge coordinate exact in float32.
 EXACT_SIZES = {False: (4, 8), True: (5, 9)}
 

@@ -378,7 +378,9 @@ def affine_sample(
         `grid_sample`. Instead of materialising the normalised grid, theta is turned into input
         pixel coordinates directly, which saves work and is exact where it matters: the identity
         theta returns the images bit for bit (for either `align_corners`), and translations
-        by whole pixels are exact shifts up to one rounding of theta itself. Volumes
+        by whole pixels are exact shifts up to one rounding of theta itself. Theta entries
+        beyond `+-2**100` are clipped to it first, as grid coordinates are, so that none
+        overflows the pixel coordinates: such a warp reads the padding far outside. Volumes
         (rank-5 images) take a `(B, 3, 4)` theta and a `(depth, height, width)` size.
 
     Args:
@@ -428,6 +430,9 @@ def affine_sample(
 
 def affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format):
     """`affine_sample` on validated arguments; `size` entries may be tensors, `None` = input's."""
+    # Bounded like grid coordinates, so that a huge finite theta cannot overflow the pixel
+    # coordinates to inf (which would read nothing instead of the padding).
+    theta = bound_finite(theta)
     if native.enabled(images):
         work = working_dtype(v.dtype_name(images), v.dtype_name(theta))
         return native.affine_sample(images, theta, size, interpolation, padding_mode, align_corners, data_format, work)
