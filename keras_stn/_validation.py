@@ -64,6 +64,15 @@ def check_integer(name, value, minimum):
     return int(value)
 
 
+def check_positive_number(name, value):
+    """Returns `value` as a float if it is a positive, finite real number, else raises."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a positive number. Got {name}={value!r} of type {type(value).__name__}")
+    if not (0 < value < float("inf")):
+        raise ValueError(f"`{name}` must be a positive, finite number. Got {name}={value!r}")
+    return float(value)
+
+
 def dtype_name(x):
     return keras.backend.standardize_dtype(x.dtype)
 

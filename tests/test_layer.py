@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import keras
 import numpy as np
@@ -240,6 +241,102 @@ def test_training_moves_theta_then_reaches_the_localization_net(rng):
     assert np.abs(theta - layer.transform.identity_params()).max() > 1e-6
 
 
+def separable_task(rng, batch=32):
+    """Random images whose class (0 or 1) adds 1 to the first channel: easy for the classifier
+    as long as the transformer shows it some of the image."""
+    x = random_images(rng, batch=batch)
+    y = rng.integers(0, 2, size=batch).astype("int32")
+    x[y == 1, ..., 0] += 1.0
+    return x, y
+
+
+@pytest.mark.parametrize("transform", ["affine", "attention", "projective"])
+def test_training_from_a_bad_initialisation_does_not_diverge(transform, rng):
+    """The head starts at the identity for a reason. A user who overrides it with random, large
+    weights (theta far from the identity, the images warped mostly off the canvas, where zero
+    padding gives no gradient) may get a transformer that never recovers, but never NaN, inf or
+    a loss that grows: losses, weights and predictions stay finite and the loss ends no worse
+    than where it started or than chance."""
+    x, y = separable_task(rng)
+    model = classifier(classes=2, transform=transform)
+    layer = model.get_layer("st")
+    head_rng = np.random.default_rng(7)
+    layer.head.kernel.assign(head_rng.normal(scale=0.5, size=layer.head.kernel.shape).astype("float32"))
+    bias = layer.transform.identity_params() + head_rng.normal(scale=0.5, size=layer.head.bias.shape)
+    layer.head.bias.assign(bias.astype("float32"))
+    compile_sgd(model, learning_rate=0.05)
+    history = model.fit(x, y, batch_size=8, epochs=8, shuffle=False, verbose=0).history["loss"]
+    assert np.isfinite(history).all(), history
+    assert history[-1] <= max(history[0], np.log(2)) + 0.01, history
+    assert all(np.isfinite(to_numpy(w)).all() for w in model.weights)
+    assert np.isfinite(to_numpy(model.predict(x, verbose=0))).all()
+
+
+@pytest.mark.parametrize("transform", ["affine", "attention", "projective"])
+def test_localization_gradient_scale_keeps_training_stable(transform, rng):
+    """From the identity, SGD at 0.05 can throw theta off the canvas in its first steps (a
+    transformer that then reads only padding); a localization gradient scale of 0.1, i.e. a
+    10x lower learning rate for the head and the localization net, trains on every backend."""
+    x, y = separable_task(rng)
+    model = classifier(classes=2, transform=transform, localization_gradient_scale=0.1)
+    compile_sgd(model, learning_rate=0.05)
+    history = model.fit(x, y, batch_size=8, epochs=8, shuffle=False, verbose=0).history["loss"]
+    assert np.isfinite(history).all() and history[-1] < 0.2, history
+
+
+def layer_gradients(layer, x, weights):
+    """Gradients of `sum(layer(x) * weights)` with respect to `x` and the layer's trainable
+    variables, as NumPy, under the current backend."""
+    variables = layer.trainable_variables
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        images = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            value = ops.sum(layer(images) * weights)
+        grads = tape.gradient(value, [images, *variables])
+    elif BACKEND == "jax":
+        import jax
+
+        frozen = [v.value for v in layer.non_trainable_variables]
+
+        def loss(images, values):
+            return ops.sum(layer.stateless_call(values, frozen, images)[0] * weights)
+
+        g_images, g_values = jax.grad(loss, argnums=(0, 1))(ops.convert_to_tensor(x), [v.value for v in variables])
+        grads = [g_images, *g_values]
+    else:
+        import torch
+
+        images = torch.tensor(x, requires_grad=True)
+        grads = torch.autograd.grad(ops.sum(layer(images) * weights), [images, *[v.value for v in variables]])
+    return [to_numpy(g) for g in grads]
+
+
+def test_localization_gradient_scale_scales_the_gradient_only(rng):
+    """The forward pass is the same bit for bit; every gradient into the head and the
+    localization net is multiplied by the scale. (The images' gradient mixes the sampler's
+    path with the localization net's, so it is neither scaled nor unchanged.)"""
+    x = random_images(rng)
+    weights = ops.convert_to_tensor(rng.normal(size=(BATCH, *OUT, 2)).astype("float32"))
+    results = []
+    for scale in (1.0, 0.25):
+        keras.utils.set_random_seed(3)
+        layer = keras_stn.SpatialTransformer(OUT, localization_gradient_scale=scale)
+        layer.build((None, *SHAPE))
+        head_rng = np.random.default_rng(5)  # a non-zero kernel, so the localization net gets gradients
+        layer.head.kernel.assign(head_rng.normal(scale=0.01, size=layer.head.kernel.shape).astype("float32"))
+        results.append((to_numpy(layer(x)), layer_gradients(layer, x, weights)))
+    (out_1, grads_1), (out_s, grads_s) = results
+    np.testing.assert_array_equal(out_s, out_1)
+    assert len(grads_1) == 9  # the images, the head's kernel and bias, 6 localization weights
+    for g_1, g_s in zip(grads_1[1:], grads_s[1:]):
+        assert np.abs(g_1).max() > 0
+        # 1 - 0.75 rounds once per element: close to the largest entry, not to each one.
+        np.testing.assert_allclose(g_s, 0.25 * g_1, rtol=1e-5, atol=1e-5 * np.abs(g_1).max())
+
+
 # --------------------------------------------------------------------------- localization nets
 
 
@@ -343,6 +440,7 @@ def test_get_config_round_trip_default_localization(transform, serialized):
         align_corners=True,
         data_format="channels_first",
         return_theta=True,
+        localization_gradient_scale=0.25,
         name="st",
     )
     config = layer.get_config()
@@ -356,6 +454,7 @@ def test_get_config_round_trip_default_localization(transform, serialized):
         "align_corners": True,
         "data_format": "channels_first",
         "return_theta": True,
+        "localization_gradient_scale": 0.25,
         "name": "st",
     }
     assert {key: json_config[key] for key in expected} == expected
@@ -430,6 +529,38 @@ def test_keras_file_round_trip(rng, tmp_path):
         warped = keras.Model(model.inputs[0], saved.output)
         warped_loaded = keras.Model(loaded.inputs[0], restored.output)
         np.testing.assert_array_equal(to_numpy(warped_loaded(x)), to_numpy(warped(x)), err_msg=name)
+
+
+def test_keras_file_from_an_older_config_loads(rng, tmp_path):
+    """A model saved before options were added has a layer config without their keys; it loads
+    with their defaults. Simulated by deleting every key with a default from a saved file."""
+    x = random_images(rng)
+    model = classifier(out_dims=OUT)
+    compile_sgd(model)
+    fit_one_step(model, x, rng.integers(0, 3, size=BATCH))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    optional = ("transform", "localization", "interpolation", "padding_mode", "align_corners", "data_format")
+    optional += ("return_theta", "localization_gradient_scale")
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(entries["config.json"])
+    layer_config = next(layer["config"] for layer in config["config"]["layers"] if layer["config"]["name"] == "st")
+    for key in optional:
+        del layer_config[key]
+    entries["config.json"] = json.dumps(config).encode()
+    older = tmp_path / "older.keras"
+    with zipfile.ZipFile(older, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+
+    loaded = keras.models.load_model(older)
+    restored = loaded.get_layer("st")
+    assert restored.transform == transforms.Affine() and restored.out_dims == OUT
+    assert (restored.interpolation, restored.padding_mode, restored.align_corners) == ("bilinear", "zeros", False)
+    assert restored.data_format == keras.config.image_data_format() and not restored.return_theta
+    assert restored.localization_gradient_scale == 1.0
+    np.testing.assert_array_equal(to_numpy(loaded.predict(x, verbose=0)), to_numpy(model.predict(x, verbose=0)))
 
 
 # --------------------------------------------------------------------------- mixed precision
@@ -542,6 +673,12 @@ def test_inside_a_functional_model_with_theta_output(rng):
         ("align_corners", "yes", TypeError),
         ("align_corners", 1, TypeError),
         ("return_theta", "yes", TypeError),
+        ("localization_gradient_scale", 0, ValueError),
+        ("localization_gradient_scale", -0.5, ValueError),
+        ("localization_gradient_scale", float("inf"), ValueError),
+        ("localization_gradient_scale", float("nan"), ValueError),
+        ("localization_gradient_scale", "0.1", TypeError),
+        ("localization_gradient_scale", True, TypeError),
     ],
 )
 def test_bad_constructor_arguments(name, value, errors):

@@ -34,6 +34,7 @@ class SpatialTransformerBase(keras.layers.Layer):
         align_corners=False,
         data_format=None,
         return_theta=False,
+        localization_gradient_scale=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -45,6 +46,9 @@ class SpatialTransformerBase(keras.layers.Layer):
         self.align_corners = v.check_bool("align_corners", align_corners)
         self.data_format = v.standardize_data_format(data_format)
         self.return_theta = v.check_bool("return_theta", return_theta)
+        self.localization_gradient_scale = v.check_positive_number(
+            "localization_gradient_scale", localization_gradient_scale
+        )
         if localization is not None and not isinstance(localization, keras.layers.Layer):
             raise TypeError(
                 "`localization` must be a Keras layer or model (or None for the default CNN). "
@@ -84,7 +88,7 @@ class SpatialTransformerBase(keras.layers.Layer):
         self.head.build(features_shape)
 
     def call(self, inputs):
-        theta = self.head(self.localization(inputs))
+        theta = scale_gradient(self.head(self.localization(inputs)), self.localization_gradient_scale)
         outputs = self.transform.warp(
             inputs,
             theta,
@@ -121,6 +125,7 @@ class SpatialTransformerBase(keras.layers.Layer):
                 "align_corners": self.align_corners,
                 "data_format": self.data_format,
                 "return_theta": self.return_theta,
+                "localization_gradient_scale": self.localization_gradient_scale,
             }
         )
         return config
@@ -135,6 +140,14 @@ class SpatialTransformerBase(keras.layers.Layer):
         if config.get("out_dims") is not None:
             config["out_dims"] = tuple(config["out_dims"])
         return cls(**config)
+
+
+def scale_gradient(x, scale):
+    """`x` unchanged in the forward pass, its gradient multiplied by `scale` in the backward one:
+    `x + (scale - 1) * (x - stop_gradient(x))`, whose added term is exactly 0 in value."""
+    if scale == 1.0:
+        return x
+    return x + (scale - 1.0) * (x - keras.ops.stop_gradient(x))
 
 
 @keras.saving.register_keras_serializable(package="keras_stn")
@@ -169,6 +182,11 @@ class SpatialTransformer(SpatialTransformerBase):
             `"affine"`, the row-major `(B, 6)` matrix; `layer.transform.to_theta(theta)` gives
             the `(B, 2, 3)` matrix of any affine-family transform). Use it to plot what the
             transformer does or to put a loss on the transform.
+        localization_gradient_scale: positive float (default 1) multiplying the gradient that
+            flows from the transform into the head and the localization net. With plain SGD
+            (or momentum) this is a learning-rate multiplier for them, as the paper trains its
+            localization nets at a lower rate; adaptive optimizers such as Adam largely cancel
+            a constant scale. The forward pass is unchanged, bit for bit.
         **kwargs: standard layer arguments (`name`, `dtype`, ...).
 
     Input shape: `(B, H, W, C)` (channels_last) or `(B, C, H, W)` (channels_first).
@@ -216,6 +234,8 @@ class SpatialTransformer3D(SpatialTransformerBase):
         return_theta: if True, the layer returns `(outputs, theta)` where `theta` is the
             regressed `(B, transform.num_params)` parameters of the same forward pass
             (`layer.transform.to_theta(theta)` gives the `(B, 3, 4)` matrix).
+        localization_gradient_scale: as for `SpatialTransformer`: multiplies the gradient
+            into the head and the localization net (a learning-rate multiplier under SGD).
         **kwargs: standard layer arguments (`name`, `dtype`, ...).
 
     Input shape: `(B, D, H, W, C)` (channels_last) or `(B, C, D, H, W)` (channels_first).
