@@ -706,6 +706,48 @@ def test_affine_sample_with_huge_theta_reads_the_padding(shift, padding_mode, al
         assert np.isfinite(out).all() and out.min() >= images.min() - 1e-6 and out.max() <= images.max() + 1e-6
 
 
+@all_modes
+@all_paddings
+def test_nan_theta_zeroes_its_own_image_only(interpolation, padding_mode, rng):
+    """A NaN anywhere in an image's theta makes all its coordinates NaN: that image reads 0 with
+    zero gradients, and the other images of the batch are untouched."""
+    images = random_images(rng, (3, *IN_SIZE, 2)) + 0.5
+    theta = np.tile(np.eye(2, 3, dtype="float32"), (3, 1, 1))
+    theta[1, 1, 0] = np.nan
+    theta[2, 0, 2] = 0.3
+
+    def loss(images, theta):
+        return ops.sum(affine_sample(images, theta, DOWN, interpolation, padding_mode))
+
+    out = to_numpy(affine_sample(images, theta, DOWN, interpolation, padding_mode))
+    _, (d_images, d_theta) = value_and_grad(loss, images, theta)
+    np.testing.assert_array_equal(out[1], 0)
+    assert np.isfinite(d_images).all() and np.isfinite(d_theta).all()
+    np.testing.assert_array_equal(d_images[1], 0)
+    np.testing.assert_array_equal(d_theta[1], 0)
+    for b in (0, 2):
+        alone = to_numpy(affine_sample(images[b : b + 1], theta[b : b + 1], DOWN, interpolation, padding_mode))
+        np.testing.assert_allclose(out[b : b + 1], alone, rtol=1e-6, atol=1e-7)
+        assert np.abs(out[b]).min() > 0 or padding_mode == "zeros" or interpolation == "bicubic"
+
+
+@all_modes
+@all_paddings
+def test_zero_scale_reads_one_point(interpolation, padding_mode, rng):
+    """A degenerate transform (attention with s = 0) maps the whole output to the one point
+    (tx, ty): every output pixel is the sample there, with finite gradients."""
+    images = random_images(rng, IMAGE_SHAPE)
+    theta = np.array([[[0, 0, 0.23], [0, 0, -0.41]], [[0, 0, -0.6], [0, 0, 0.35]]], "float32")
+    out = to_numpy(affine_sample(images, theta, DOWN, interpolation, padding_mode))
+    point = theta[:, :, 2].reshape(2, 1, 1, 2)
+    expected = to_numpy(grid_sample(images, point, interpolation, padding_mode))  # (2, 1, 1, C)
+    np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), rtol=1e-6, atol=1e-6)
+    _, grads = value_and_grad(
+        lambda x, t: ops.sum(affine_sample(x, t, DOWN, interpolation, padding_mode)), images, theta
+    )
+    assert all(np.isfinite(g).all() for g in grads)
+
+
 # Spans that are powers of two keep every centre/edge coordinate exact in float32.
 EXACT_SIZES = {False: (4, 8), True: (5, 9)}
 
