@@ -6,6 +6,7 @@ A volumetric grid has shape `(B, D_out, H_out, W_out, 3)`, last axis `(x, y, z)`
 running along the depth axis in the same way.
 """
 
+import keras
 from keras import ops
 
 from keras_stn import _validation as v
@@ -99,18 +100,39 @@ def affine_pixel_coordinates(theta, in_size, out_size, align_corners, dtype):
     denominators = [ops.maximum(s, 1) for s in spans_out]
     positions = along_axes([ops.cast(ops.arange(n), dtype) + half for n in reversed(out_size)])
 
-    def axis(r):  # the input coordinate of row r of theta: x (r = 0), y, z
-        span_in = spans_in[r]
-        t = [ops.reshape(theta[:, r, c], (-1,) + (1,) * ndim) for c in range(ndim + 1)]
-        linear = t[0] * (span_in / denominators[0]) * positions[0]
-        for k in range(1, ndim):
-            linear = linear + t[k] * (span_in / denominators[k]) * positions[k]
+    rows = []
+    for r in range(ndim):  # row r of theta gives the input coordinate x (r = 0), y, z
+        t = [theta[:, r, c] for c in range(ndim + 1)]
         centred = t[ndim] + 1
         for k in range(ndim):
             centred = centred - t[k] * (spans_out[k] / denominators[k])
-        return linear + (span_in / 2 * centred - half)
+        scales = [t[k] * (spans_in[r] / denominators[k]) for k in range(ndim)]
+        rows.append(ops.stack([*scales, spans_in[r] / 2 * centred - half], axis=-1))
+    coefficients = computed_once(ops.stack(rows, axis=1))
+
+    def axis(r):
+        c = [ops.reshape(coefficients[:, r, k], (-1,) + (1,) * ndim) for k in range(ndim + 1)]
+        linear = c[0] * positions[0]
+        for k in range(1, ndim):
+            linear = linear + c[k] * positions[k]
+        return linear + c[ndim]
 
     return [axis(r) for r in range(ndim)]
+
+
+def computed_once(small):
+    """`small` itself, made to be computed once where XLA compiles (jax, tensorflow).
+
+    XLA fuses cheap elementwise producers into each of their consumers. The sampler has many
+    consumers of the per-image affine coefficients (every gather, every scatter of the backward
+    pass), so each would recompute them, and whatever bounded theta before, for every output
+    pixel; on CPU that measured up to 3x slower forward+backward (`benchmarks/sampler.py`).
+    XLA does not fuse a reduction into its consumers, so a sum with zeros (exact: `x + 0 == x`
+    up to the sign of a zero) is materialised once. Eager torch has nothing to fuse.
+    """
+    if keras.config.backend() == "torch":
+        return small
+    return ops.sum(ops.stack([small, ops.zeros_like(small)]), axis=0)
 
 
 def pixel_centres(size, align_corners, dtype):
