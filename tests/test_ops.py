@@ -26,6 +26,7 @@ from helpers import (
     value_and_grad,
 )
 from keras_stn.ops import affine_grid, affine_sample, grid_sample
+from keras_stn.ops.grid import computed_once
 from reference import affine_grid_ref, grid_sample_ref
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
@@ -411,6 +412,18 @@ def assert_all_close(results, expected, rtol=1e-5, atol=1e-5):
     assert len(results) == len(expected)
     for got, want in zip(results, expected):
         np.testing.assert_allclose(to_numpy(got), to_numpy(want), rtol=rtol, atol=atol)
+
+
+def test_computed_once_passes_values_and_gradients_through(rng):
+    """`computed_once` only changes how XLA schedules the per-image affine coefficients: the
+    values (NaN, inf and float32's extremes included) and the gradients are unchanged."""
+    special = np.array([[1.5, -2.0, np.inf], [-np.inf, np.nan, 3.4e38]], "float32")
+    np.testing.assert_array_equal(to_numpy(computed_once(ops.convert_to_tensor(special))), special)
+    values = rng.normal(size=(4, 2, 3)).astype("float32")
+    weights = rng.normal(size=(4, 2, 3)).astype("float32")
+    value, (grad,) = value_and_grad(lambda t: ops.sum(computed_once(t) * ops.convert_to_tensor(weights)), values)
+    np.testing.assert_allclose(value, np.sum(values * weights), rtol=1e-5)
+    np.testing.assert_array_equal(grad, weights)
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="jax.jit")

@@ -5,7 +5,14 @@ from keras import ops
 
 from keras_stn import _validation as v
 from keras_stn.ops import native
-from keras_stn.ops.grid import THETA_SHAPES, affine_pixel_coordinates, check_theta, compute_dtype, theta_ndim
+from keras_stn.ops.grid import (
+    THETA_SHAPES,
+    affine_pixel_coordinates,
+    check_theta,
+    compute_dtype,
+    computed_once,
+    theta_ndim,
+)
 
 # Keys' cubic convolution constant used by PyTorch (and OpenCV) for bicubic sampling.
 CUBIC_A = -0.75
@@ -155,6 +162,12 @@ def sample_pixels(images, coordinates, interpolation, padding_mode, align_corner
         finite = ops.logical_and(finite, ops.isfinite(coordinate))
     coordinates = [ops.where(finite, c, ops.zeros_like(c)) for c in coordinates]
     finite = ops.cast(finite, work)
+    # Every tap's gather, weight and (backward) scatter derives from these. TensorFlow's XLA
+    # recomputes them in each of those fusions, which made forward+backward about 3x slower on
+    # the small workload (CPU, `benchmarks/sampler.py`), so there they are materialised once.
+    # JAX's XLA recomputes them cheaply; materialising them measured up to 3x slower there.
+    coordinates = [computed_once(c, backends=("tensorflow",)) for c in coordinates]
+    finite = computed_once(finite, backends=("tensorflow",))
 
     taps = [
         axis_taps(c, ops.cast(size, work), interpolation, padding_mode, align_corners)
