@@ -16,8 +16,9 @@ Each case warps a batch by random affine thetas (zero padding) through
 The reference, measured in the same process and on the same device, is
 `torch.nn.functional.affine_grid` + `grid_sample` in the case's dtype. Forward+backward takes
 the gradients with respect to the images and theta of `sum(output * weights)`. Times are the
-median over `--repeats` runs after two warm-up runs; ratios are keras_stn's time over the
-reference's (below 1 is faster). Peak memory is the device's peak where the backend reports it
+median over `--repeats` rounds after two warm-up rounds, each round running the reference and
+every implementation once in turn (so that all see the same load); ratios are keras_stn's
+time over the reference's (below 1 is faster). Peak memory is the device's peak where the backend reports it
 (CUDA), else the process' peak resident memory so far. `--training` adds the cost of the
 transformer in a training step: the distorted-MNIST ST-CNN (affine) against the same CNN
 without a transformer, `train_on_batch` on 60x60 inputs. Results go to benchmarks/results/ as
@@ -65,15 +66,21 @@ def parse_case(case):
     return workload, variant or "bilinear"
 
 
-def median_ms(fn, repeats):
+def interleaved_medians(fns, repeats):
+    """The median time in ms of each of `fns` over `repeats` rounds, each round calling every
+    function once in turn, after two warm-up rounds. Interleaving exposes the implementations
+    and the reference to the same load, which drifts on a shared machine; timing one after
+    the other moved single ratios by 20% and more."""
     for _ in range(2):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for fn, samples in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+    return [1e3 * statistics.median(samples) for samples in times]
 
 
 def peak_memory_mib():
@@ -233,13 +240,15 @@ def case_inputs(case, rng):
 
 def benchmark_case(case, repeats, rng, compile=True):
     images, theta, weights, size, interpolation, shape = case_inputs(case, rng)
-    reset_peak_memory()
     reference = reference_implementation(images, theta, weights, size, interpolation)
-    reference_ms = [median_ms(fn, repeats) for fn in reference]
+    implementations = keras_implementations(images, theta, weights, size, interpolation, compile)
+    timed = interleaved_medians([*reference, *(fn for fns in implementations.values() for fn in fns)], repeats)
+    reference_ms = timed[:2]
     rows = []
-    for name, fns in keras_implementations(images, theta, weights, size, interpolation, compile).items():
+    for index, (name, fns) in enumerate(implementations.items()):
+        forward_ms, both_ms = timed[2 + 2 * index : 4 + 2 * index]
         reset_peak_memory()
-        forward_ms, both_ms = (median_ms(fn, repeats) for fn in fns)
+        fns[1]()
         memory, memory_kind = peak_memory_mib()
         rows.append(
             {
@@ -271,11 +280,12 @@ def training_step_cost(repeats, batch=64):
     rng = np.random.default_rng(0)
     x = rng.random((batch, 60, 60, 1), dtype=np.float32)
     y = rng.integers(0, 10, size=batch)
-    timings = {}
+    steps = []
     for transform in ("none", "affine"):
         model = build_model(transform, (60, 60, 1))
         model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-        timings[transform] = median_ms(lambda model=model: model.train_on_batch(x, y), repeats)
+        steps.append(lambda model=model: model.train_on_batch(x, y))
+    timings = dict(zip(("none", "affine"), interleaved_medians(steps, repeats)))
     row = {
         "batch": batch,
         "CNN ms": timings["none"],

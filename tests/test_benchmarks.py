@@ -29,3 +29,10 @@ def test_sampler_benchmark_measures_each_implementation(monkeypatch, tmp_path, c
     summary.main()
     table = capsys.readouterr().out
     assert all(f"{BACKEND} {name}" in table for name in expected)
+
+
+def test_training_step_cost_times_both_models(capsys):
+    row = sampler.training_step_cost(repeats=1, batch=2)
+    assert row["batch"] == 2 and row["CNN ms"] > 0 and row["ST-CNN ms"] > 0
+    assert row["transformer share"] == 1 - row["CNN ms"] / row["ST-CNN ms"]
+    assert "training step, batch 2" in capsys.readouterr().out
