@@ -16,13 +16,15 @@ Each case warps a batch by random affine thetas (zero padding) through
 The reference, measured in the same process and on the same device, is
 `torch.nn.functional.affine_grid` + `grid_sample` in the case's dtype. Forward+backward takes
 the gradients with respect to the images and theta of `sum(output * weights)`. Times are the
-median over `--repeats` rounds after two warm-up rounds, each round running the reference and
-every implementation once in turn (so that all see the same load); ratios are keras_stn's
-time over the reference's (below 1 is faster). Peak memory is the device's peak where the backend reports it
-(CUDA), else the process' peak resident memory so far. `--training` adds the cost of the
-transformer in a training step: the distorted-MNIST ST-CNN (affine) against the same CNN
-without a transformer, `train_on_batch` on 60x60 inputs. Results go to benchmarks/results/ as
-JSON and markdown, with the machine, versions and date.
+median of `--repeats` calls after two warm-up calls, timed in two passes over the reference
+and the implementations (so that all see the same stretch of the machine's load), each a run
+of consecutive calls; ratios are keras_stn's time over the reference's (below 1 is faster).
+Peak memory is the device's peak where the backend reports it (CUDA), else the process'
+peak resident memory so far. `--training` adds the cost of the transformer in a training
+step: the distorted-MNIST ST-CNN (affine) against the same CNN without a transformer,
+`train_on_batch` on 60x60 inputs. Results go to benchmarks/results/ as
+JSON and markdown, with the machine, versions and date, saved after every case; `--merge`
+re-measures the given cases into the saved results and keeps the others.
 """
 
 import argparse
@@ -33,6 +35,7 @@ import platform
 import resource
 import statistics
 import time
+import zlib
 
 import keras
 import numpy as np
@@ -66,20 +69,29 @@ def parse_case(case):
     return workload, variant or "bilinear"
 
 
-def interleaved_medians(fns, repeats):
-    """The median time in ms of each of `fns` over `repeats` rounds, each round calling every
-    function once in turn, after two warm-up rounds. Interleaving exposes the implementations
-    and the reference to the same load, which drifts on a shared machine; timing one after
-    the other moved single ratios by 20% and more."""
-    for _ in range(2):
-        for fn in fns:
+def interleaved_medians(fns, repeats, blocks=2):
+    """The median time in ms of each of `fns` over `repeats` timed calls, after two warm-up calls.
+
+    The calls come in `blocks` passes over all the functions, each pass timing a run of
+    consecutive calls of one function after an untimed one. Passes spread the implementations
+    and the reference over the same stretch of time, whose load drifts on a shared machine
+    (timing each function only once, one after the other, moved single ratios by 20% and
+    more); consecutive calls keep each framework's worker threads hot, as in a training loop,
+    whereas alternating single calls measured both sides up to 4x slower, each framework's
+    threads slowing down the next one.
+    """
+    for fn in fns:
+        for _ in range(2):
             fn()
     times = [[] for _ in fns]
-    for _ in range(repeats):
+    per_block = -(-repeats // blocks)
+    for _ in range(blocks):
         for fn, samples in zip(fns, times):
-            start = time.perf_counter()
             fn()
-            samples.append(time.perf_counter() - start)
+            for _ in range(per_block):
+                start = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - start)
     return [1e3 * statistics.median(samples) for samples in times]
 
 
@@ -345,7 +357,7 @@ def write_results(stem, meta, rows, training):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median reported)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (median reported)")
     parser.add_argument(
         "--cases",
         default=DEFAULT_CASES,
@@ -356,19 +368,52 @@ def main():
     parser.add_argument("--no-compile", action="store_true", help="torch: skip the torch.compile measurement")
     parser.add_argument("--no-save", action="store_true", help="print only; do not write benchmarks/results/")
     parser.add_argument("--tag", default="", help="suffix for the result files' names")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the saved results' rows of the cases this run does not measure (and their training step "
+        "unless --training): re-measure some cases without losing the others",
+    )
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    rows = []
-    for case in filter(None, args.cases.split(",")):
+    cases = list(dict.fromkeys(filter(None, args.cases.split(","))))
+    for case in cases:
         workload, variant = parse_case(case)
         if workload not in WORKLOADS or variant not in VARIANTS:
             parser.error(f"unknown case {case!r}: workloads {list(WORKLOADS)}, variants {list(VARIANTS)}")
-        rows.extend(benchmark_case(case, args.repeats, rng, compile=not args.no_compile))
-    training = training_step_cost(args.repeats) if args.training else None
     meta = metadata()
-    if not args.no_save:
-        device = "gpu" if meta["device"] != "cpu" and not meta["device"].lower().startswith("cpu") else "cpu"
-        write_results(os.path.join(RESULTS, f"sampler_{meta['backend']}_{device}{args.tag}"), meta, rows, training)
+    device = "gpu" if meta["device"] != "cpu" and not meta["device"].lower().startswith("cpu") else "cpu"
+    stem = os.path.join(RESULTS, f"sampler_{meta['backend']}_{device}{args.tag}")
+    rows, training = [], None
+    if args.merge and os.path.exists(stem + ".json"):
+        with open(stem + ".json") as f:
+            saved = json.load(f)
+        rows = [row for row in saved["rows"] if row["case"] not in cases]
+        training = saved.get("training")
+        kept = sorted({row["case"] for row in rows}, key=case_order)
+        meta["merged"] = f"{', '.join(kept) or 'no rows'} from the saved run of {saved['meta']['date']}"
+
+    def save():
+        # After every case, so that a crash inside a framework keeps what was measured.
+        if not args.no_save:
+            write_results(stem, meta, sorted(rows, key=lambda row: case_order(row["case"])), training)
+
+    if args.training:
+        training = training_step_cost(args.repeats)
+        save()
+    for case in cases:
+        rows.extend(benchmark_case(case, args.repeats, case_rng(case), compile=not args.no_compile))
+        save()
+
+
+def case_order(case):
+    """Sorts cases as the default list does, any others after them."""
+    order = DEFAULT_CASES.split(",")
+    return (order.index(case) if case in order else len(order), case)
+
+
+def case_rng(case):
+    """The case's own random inputs, the same whichever cases run with it."""
+    return np.random.default_rng(zlib.crc32(case.encode()))
 
 
 if __name__ == "__main__":

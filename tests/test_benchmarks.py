@@ -1,6 +1,8 @@
 """Smoke runs of the benchmark scripts on tiny inputs: they run, measure every implementation
 of the current backend, and write results that the summary reads back."""
 
+import json
+
 import numpy as np
 
 from benchmarks import sampler, summary
@@ -36,3 +38,25 @@ def test_training_step_cost_times_both_models(capsys):
     assert row["batch"] == 2 and row["CNN ms"] > 0 and row["ST-CNN ms"] > 0
     assert row["transformer share"] == 1 - row["CNN ms"] / row["ST-CNN ms"]
     assert "training step, batch 2" in capsys.readouterr().out
+
+
+def test_merge_remeasures_some_cases_and_keeps_the_others(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sampler.WORKLOADS, "tiny", (2, 6, 5, 2, 4, 7))
+    monkeypatch.setattr(sampler, "RESULTS", str(tmp_path))
+
+    def run(*args):
+        monkeypatch.setattr("sys.argv", ["sampler", "--repeats", "1", "--no-compile", *args])
+        sampler.main()
+        with open(tmp_path / f"sampler_{BACKEND}_cpu.json") as f:
+            return json.load(f)
+
+    first = run("--cases", "tiny-nearest,tiny")
+    assert list(dict.fromkeys(row["case"] for row in first["rows"])) == ["tiny", "tiny-nearest"]
+    merged = run("--cases", "tiny", "--merge")
+    kept = [row for row in merged["rows"] if row["case"] == "tiny-nearest"]
+    assert kept == [row for row in first["rows"] if row["case"] == "tiny-nearest"]
+    assert {row["implementation"] for row in merged["rows"] if row["case"] == "tiny"} == IMPLEMENTATIONS[BACKEND]
+    assert merged["meta"]["merged"].startswith("tiny-nearest from the saved run")
+    replaced = run("--cases", "tiny")
+    assert {row["case"] for row in replaced["rows"]} == {"tiny"} and "merged" not in replaced["meta"]
+    capsys.readouterr()
