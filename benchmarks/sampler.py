@@ -352,7 +352,7 @@ def write_results(stem, meta, rows, training):
                 f"ST-CNN {training['ST-CNN ms']:.1f} ms; the transformer is "
                 f"{100 * training['transformer share']:.0f}% of the step.\n"
             )
-    print("wrote", stem + ".json/.md")
+    print("wrote", stem + ".json/.md", flush=True)
 
 
 def main():
