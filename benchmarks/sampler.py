@@ -69,7 +69,7 @@ def parse_case(case):
     return workload, variant or "bilinear"
 
 
-def interleaved_medians(fns, repeats, blocks=2):
+def medians_in_passes(fns, repeats, blocks=2):
     """The median time in ms of each of `fns` over `repeats` timed calls, after two warm-up calls.
 
     The calls come in `blocks` passes over all the functions, each pass timing a run of
@@ -239,7 +239,9 @@ def reference_implementation(images, theta, weights, size, interpolation):
     return torch_timers(run, lambda x, t: (run(x, t).float() * w).sum(), x, t)
 
 
-def case_inputs(case, rng):
+def case_inputs(case):
+    """The case's own random inputs, the same whichever cases run with it."""
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
     workload, variant = parse_case(case)
     batch, height, width, channels, out_h, out_w = WORKLOADS[workload]
     interpolation, dtype = VARIANTS[variant]
@@ -250,11 +252,11 @@ def case_inputs(case, rng):
     return images, theta.astype("float32"), weights, (out_h, out_w), interpolation, shape
 
 
-def benchmark_case(case, repeats, rng, compile=True):
-    images, theta, weights, size, interpolation, shape = case_inputs(case, rng)
+def benchmark_case(case, repeats, compile=True):
+    images, theta, weights, size, interpolation, shape = case_inputs(case)
     reference = reference_implementation(images, theta, weights, size, interpolation)
     implementations = keras_implementations(images, theta, weights, size, interpolation, compile)
-    timed = interleaved_medians([*reference, *(fn for fns in implementations.values() for fn in fns)], repeats)
+    timed = medians_in_passes([*reference, *(fn for fns in implementations.values() for fn in fns)], repeats)
     reference_ms = timed[:2]
     rows = []
     for index, (name, fns) in enumerate(implementations.items()):
@@ -297,7 +299,7 @@ def training_step_cost(repeats, batch=64):
         model = build_model(transform, (60, 60, 1))
         model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
         steps.append(lambda model=model: model.train_on_batch(x, y))
-    timings = dict(zip(("none", "affine"), interleaved_medians(steps, repeats)))
+    timings = dict(zip(("none", "affine"), medians_in_passes(steps, repeats)))
     row = {
         "batch": batch,
         "CNN ms": timings["none"],
@@ -401,7 +403,7 @@ def main():
         training = training_step_cost(args.repeats)
         save()
     for case in cases:
-        rows.extend(benchmark_case(case, args.repeats, case_rng(case), compile=not args.no_compile))
+        rows.extend(benchmark_case(case, args.repeats, compile=not args.no_compile))
         save()
 
 
@@ -409,11 +411,6 @@ def case_order(case):
     """Sorts cases as the default list does, any others after them."""
     order = DEFAULT_CASES.split(",")
     return (order.index(case) if case in order else len(order), case)
-
-
-def case_rng(case):
-    """The case's own random inputs, the same whichever cases run with it."""
-    return np.random.default_rng(zlib.crc32(case.encode()))
 
 
 if __name__ == "__main__":
