@@ -51,6 +51,8 @@ WORKLOADS = {
     "large": (8, 224, 224, 3, 224, 224),
     "huge": (256, 224, 224, 3, 224, 224),  # the memory check; run it on its own
 }
+# Environment variables that change how the frameworks compile; recorded with the results when set.
+COMPILER_SETTINGS = ("XLA_FLAGS", "TF_XLA_FLAGS")
 VARIANTS = {
     # name: (interpolation, dtype)
     "bilinear": ("bilinear", "float32"),
@@ -333,6 +335,9 @@ def metadata():
         import tensorflow as tf
 
         meta["tensorflow"] = tf.__version__
+    for name in COMPILER_SETTINGS:  # they change what XLA compiles: a run with them set is another run
+        if os.environ.get(name):
+            meta[name] = os.environ[name]
     return meta
 
 

@@ -2,9 +2,10 @@
 
     python -m benchmarks.summary [--device cpu]
 
-Reads benchmarks/results/sampler_<backend>_<device>.json for every backend present and prints,
-per case, each implementation's forward+backward time over PyTorch's native kernel measured in
-the same run (forward-only in brackets).
+Reads benchmarks/results/sampler_<backend>_<device>.json for every backend present, and the
+runs saved with a `--tag` (sampler_<backend>_<device><tag>.json, e.g. one with XLA_FLAGS set),
+and prints, per case, each implementation's forward+backward time over PyTorch's native kernel
+measured in the same run (forward-only in brackets). A tagged run's columns carry its tag.
 """
 
 import argparse
@@ -20,12 +21,14 @@ def main():
     parser.add_argument("--device", default="cpu", help="which results: cpu or gpu")
     args = parser.parse_args()
     columns, cases, cells, shapes, notes = [], [], {}, {}, []
-    for path in sorted(glob.glob(os.path.join(RESULTS, f"sampler_*_{args.device}.json"))):
+    for path in sorted(glob.glob(os.path.join(RESULTS, f"sampler_*_{args.device}*.json"))):
         with open(path) as f:
             result = json.load(f)
         backend = result["meta"]["backend"]
+        tag = os.path.basename(path)[len(f"sampler_{backend}_{args.device}") : -len(".json")]
+        label = f"{backend} {tag.strip('_-')}".strip()
         for row in result["rows"]:
-            column = f"{backend} {row['implementation']}"
+            column = f"{label} {row['implementation']}"
             if column not in columns:
                 columns.append(column)
             if row["case"] not in cases:
@@ -35,7 +38,7 @@ def main():
         training = result.get("training")
         if training:
             notes.append(
-                f"{backend}: CNN {training['CNN ms']:.0f} ms, ST-CNN {training['ST-CNN ms']:.0f} ms "
+                f"{label}: CNN {training['CNN ms']:.0f} ms, ST-CNN {training['ST-CNN ms']:.0f} ms "
                 f"({100 * training['transformer share']:.0f}% of the step)"
             )
     print("| case | shape | " + " | ".join(columns) + " |")

@@ -57,3 +57,27 @@ def test_merge_remeasures_some_cases_and_keeps_the_others(monkeypatch, tmp_path,
     replaced = run("--cases", "tiny")
     assert {row["case"] for row in replaced["rows"]} == {"tiny"} and "merged" not in replaced["meta"]
     capsys.readouterr()
+
+
+def test_tagged_run_records_compiler_settings_and_gets_its_own_columns(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sampler.WORKLOADS, "tiny", (2, 6, 5, 2, 4, 7))
+    monkeypatch.setattr(sampler, "RESULTS", str(tmp_path))
+    monkeypatch.setattr(summary, "RESULTS", str(tmp_path))
+    rows = sampler.benchmark_case("tiny", repeats=1, compile=False)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
+    assert "XLA_FLAGS" not in sampler.metadata()
+    sampler.write_results(str(tmp_path / f"sampler_{BACKEND}_cpu"), sampler.metadata(), rows, None)
+    # Set only now: the frameworks read it when they start, so it is the record that is tested here.
+    monkeypatch.setenv("XLA_FLAGS", "--some_flag=1")
+    meta = sampler.metadata()
+    assert meta["XLA_FLAGS"] == "--some_flag=1"
+    sampler.write_results(str(tmp_path / f"sampler_{BACKEND}_cpu_flagged"), meta, rows, None)
+    with open(tmp_path / f"sampler_{BACKEND}_cpu_flagged.json") as f:
+        assert json.load(f)["meta"]["XLA_FLAGS"] == "--some_flag=1"
+    capsys.readouterr()
+    monkeypatch.setattr("sys.argv", ["summary"])
+    summary.main()
+    header = capsys.readouterr().out.splitlines()[0]
+    for name in IMPLEMENTATIONS[BACKEND]:
+        assert f"| {BACKEND} {name} |" in header and f"| {BACKEND} flagged {name} |" in header
