@@ -24,7 +24,10 @@ peak resident memory so far. `--training` adds the cost of the transformer in a 
 step: the distorted-MNIST ST-CNN (affine) against the same CNN without a transformer,
 `train_on_batch` on 60x60 inputs. Results go to benchmarks/results/ as
 JSON and markdown, with the machine, versions and date, saved after every case; `--merge`
-re-measures the given cases into the saved results and keeps the others.
+re-measures the given cases into the saved results and keeps the others. `XLA_FLAGS` and
+`TF_XLA_FLAGS` are recorded when set: to compare compiler settings, save such a run under its
+own `--tag` (e.g. `XLA_FLAGS=... python -m benchmarks.sampler --tag _myflags`), which
+`benchmarks.summary` shows as columns of their own.
 """
 
 import argparse
