@@ -165,7 +165,8 @@ def sample_pixels(images, coordinates, interpolation, padding_mode, align_corner
     # Every tap's gather, weight and (backward) scatter derives from these. TensorFlow's XLA
     # recomputes them in each of those fusions, which made forward+backward about 3x slower on
     # the small workload (CPU, `benchmarks/sampler.py`), so there they are materialised once.
-    # JAX's XLA recomputes them cheaply; materialising them measured up to 3x slower there.
+    # JAX's XLA recomputes them cheaply; materialising them measured up to 3x slower there,
+    # partly because JAX's XLA (jaxlib 0.10) hands the sum in `computed_once` to YNNPACK (README).
     coordinates = [computed_once(c, backends=("tensorflow",)) for c in coordinates]
     finite = computed_once(finite, backends=("tensorflow",))
 
