@@ -36,17 +36,31 @@ def bound_finite(coord):
     return ops.where(ops.isfinite(coord), ops.clip(coord, -COORDINATE_BOUND, COORDINATE_BOUND), coord)
 
 
+def clip_to_image(coord, size):
+    """`clip(coord, 0, size - 1)` with PyTorch's gradient: 1 strictly inside, 0 at or beyond the
+    border. Each backend's own `clip` has its own gradient exactly on the border (1 under
+    TensorFlow, 1/2 under JAX), where the identity warp puts the edge pixels, so without this
+    the backends would train differently from the first step."""
+    inside = (coord > 0) & (coord < size - 1)
+    return ops.where(inside, coord, ops.stop_gradient(ops.clip(coord, 0, size - 1)))
+
+
 def reflect(coord, size, align_corners):
     """Folds a pixel coordinate back into the image by mirroring at its borders.
 
     The mirror lines are the centres of the outer pixels with `align_corners=True` (period
     `2*(size-1)`) and their outer edges otherwise (period `2*size`). A single pixel wide axis
-    with corners aligned has no extent to reflect over and maps everything to 0.
+    with corners aligned has no extent to reflect over and maps everything to 0. The gradient
+    is PyTorch's: +1 or -1 by the number of folds, +1 on a mirror line itself (where the
+    backends' own gradients of `abs` differ).
     """
     low = 0.0 if align_corners else -0.5
     span = size - 1 if align_corners else size
     safe_span = ops.maximum(span, 1)
-    distance = ops.abs(coord - low)
+    offset = coord - low
+    # `offset * sign` is `abs(offset)` exactly, with the gradient's sign fixed at 0.
+    sign = ops.where(offset < 0, -ops.ones_like(offset), ops.ones_like(offset))
+    distance = offset * sign
     extra = ops.mod(distance, safe_span)
     flips = ops.floor(distance / safe_span)
     reflected = ops.where(ops.mod(flips, 2) == 0, low + extra, low + span - extra)
@@ -56,9 +70,9 @@ def reflect(coord, size, align_corners):
 def pad_coordinate(coord, size, padding_mode, align_corners):
     """Applies the padding mode to a pixel coordinate (zeros: unchanged, out-of-range reads 0)."""
     if padding_mode == "border":
-        return ops.clip(coord, 0, size - 1)
+        return clip_to_image(coord, size)
     if padding_mode == "reflection":
-        return ops.clip(reflect(coord, size, align_corners), 0, size - 1)
+        return clip_to_image(reflect(coord, size, align_corners), size)
     return coord
 
 
@@ -113,37 +127,74 @@ def working_dtype(images_dtype, coordinates_dtype):
     return compute_dtype(images_dtype)
 
 
-def take_rows(pixels, rows):
-    """`pixels[rows]` for a `(N, C)` tensor and int32 `rows` that are in range by construction.
+def gather_pixels(pixels, rows):
+    """`pixels[b, rows[b]]`: `(B, V, C)` pixels (each image's flattened), int32 `rows` `(B, *out)`
+    of in-range image-local indices; returns `(B, *out, C)`.
 
-    `keras.ops.take` asks JAX for its out-of-range "fill" mode, whose bounds handling measured
-    up to 4x slower forward on CPU (`benchmarks/sampler.py`); the rows are clipped already,
-    so "clip" returns the same values without it.
+    Each image gathers from its own pixels only, so that with the batch sharded over devices
+    every device gathers locally (one global `(B*V, C)` table with global indices made XLA's
+    partitioner all-gather the whole batch and all-reduce its gradient), and no index grows with
+    the batch. Under JAX the gather is vmapped per image, in `take`'s "clip" mode: the rows are
+    in range already, and the default "fill" mode's bounds handling measured up to 4x slower
+    forward on CPU (`benchmarks/sampler.py`). TensorFlow has the batched gather itself.
     """
-    if keras.config.backend() == "jax":
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
         import jax.numpy as jnp
 
-        return jnp.take(pixels, rows, axis=0, mode="clip")
-    return ops.take(pixels, rows, axis=0)
+        return jax.vmap(lambda p, r: jnp.take(p, r, axis=0, mode="clip"))(pixels, rows)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.gather(pixels, rows, axis=1, batch_dims=1)
+    batch, *out = ops.shape(rows)
+    count = 1
+    for size in out:
+        count = count * size
+    flat = ops.reshape(rows, (batch, count, 1))
+    return ops.reshape(ops.take_along_axis(pixels, flat, axis=1), (batch, *out, ops.shape(pixels)[-1]))
 
 
 def tap_products(axes, offset, weight):
     """Yields `(row, weight)` for every combination of one tap per axis.
 
     `axes` lists `(taps, stride)` from the slowest axis to the fastest (whose stride is `None`,
-    i.e. 1); a row is `offset` plus each tap's index times its axis' stride, and its weight is
+    i.e. 1); a row is `offset` (`None`: 0) plus each tap's index times its axis' stride, and its weight is
     `weight` times the taps' weights. Partial sums and products are shared between the
     combinations that have them in common, and each combination is produced only when the
     caller asks for it, so at most one row tensor per axis is alive at a time.
     """
     (taps, stride), *rest = axes
     for index, factor in taps:
-        row = offset + (index if stride is None else index * stride)
+        row = index if stride is None else index * stride
+        row = row if offset is None else offset + row
         product = weight if factor is None else weight * factor
         if rest:
             yield from tap_products(rest, row, product)
         else:
             yield row, product
+
+
+# The portable sampler indexes each image's pixels with int32 (JAX's default integer type).
+MAX_PIXELS_PER_IMAGE = 2**31
+
+
+def check_pixel_count(images_shape, data_format):
+    """Raises if one image (or volume) of `images_shape` has more pixels than the portable
+    sampler's int32 indices reach; the batch may hold any number (the indices are per image)."""
+    spatial = images_shape[1:-1] if data_format == "channels_last" else images_shape[2:]
+    if None in spatial:
+        return
+    count = 1
+    for size in spatial:
+        count *= int(size)
+    if count > MAX_PIXELS_PER_IMAGE:
+        raise ValueError(
+            f"`images` must have at most 2**31 = {MAX_PIXELS_PER_IMAGE} pixels per image for the portable "
+            "sampler, which indexes them with int32 (PyTorch's kernel, the torch backend's default, has no "
+            f"such limit). Got images with {count} pixels per image, spatial shape {spatial}"
+        )
 
 
 def sample_pixels(images, coordinates, interpolation, padding_mode, align_corners):
@@ -152,9 +203,6 @@ def sample_pixels(images, coordinates, interpolation, padding_mode, align_corner
     first (`[px, py]` or `[px, py, pz]`); returns `(B, *out, C)` in the images' dtype."""
     work = v.dtype_name(coordinates[0])
     batch, *spatial, channels = ops.shape(images)
-    if isinstance(batch, int) and batch == 0:
-        # jnp.take on an empty source drops the index shape; an empty batch has nothing to read.
-        return ops.zeros((0, *coordinates[0].shape[1:], channels), v.dtype_name(images))
     # Non-finite coordinates sample nothing (documented); replacing them first keeps NaN out
     # of the weights and of the gradients of every other grid point.
     finite = ops.isfinite(coordinates[0])
@@ -162,6 +210,12 @@ def sample_pixels(images, coordinates, interpolation, padding_mode, align_corner
         finite = ops.logical_and(finite, ops.isfinite(coordinate))
     coordinates = [ops.where(finite, c, ops.zeros_like(c)) for c in coordinates]
     finite = ops.cast(finite, work)
+    if interpolation == "nearest":
+        # Nearest has zero gradient with respect to the grid, but as in PyTorch its output is
+        # connected to the grid, so that `backward()` from the grid alone works on torch.
+        # `0 * c` is exactly 0 here (the coordinates are finite by now).
+        for c in coordinates:
+            finite = finite + 0 * c
     # Every tap's gather, weight and (backward) scatter derives from these. TensorFlow's XLA
     # recomputes them in each of those fusions, which made forward+backward about 3x slower on
     # the small workload (CPU, `benchmarks/sampler.py`), so there they are materialised once.
@@ -175,17 +229,19 @@ def sample_pixels(images, coordinates, interpolation, padding_mode, align_corner
         for c, size in zip(coordinates, reversed(spatial))
     ]
 
-    # Gathering whole pixels (rows of a (B*H*W, C) view) keeps the index tensors at the size
-    # of the grid instead of the size of the output times C.
-    pixels = ops.reshape(images, (-1, channels))
+    # Gathering whole pixels (rows of each image's (H*W, C) view) keeps the index tensors at the
+    # size of the grid instead of the size of the output times C. The shape is spelled out, not
+    # inferred with -1, so that zero channels (or an empty batch) reshape too.
+    volume = 1
+    for size in spatial:
+        volume = volume * size
+    pixels = ops.reshape(images, (batch, volume, channels))
     strides = [None]  # per coordinate, x first: 1, W, H * W
     for size in reversed(spatial[1:]):
         strides.append(size if strides[-1] is None else strides[-1] * size)
-    volume = strides[-1] * spatial[0] if len(spatial) > 1 else spatial[0]
-    batch_offset = ops.reshape(ops.arange(batch, dtype="int32") * volume, (-1,) + (1,) * len(spatial))
     output = None
-    for rows, weight in tap_products(list(zip(taps, strides))[::-1], batch_offset, finite):
-        values = ops.cast(take_rows(pixels, rows), work)
+    for rows, weight in tap_products(list(zip(taps, strides))[::-1], None, finite):
+        values = ops.cast(gather_pixels(pixels, rows), work)
         term = values * ops.expand_dims(weight, -1)
         output = term if output is None else output + term
     return ops.cast(output, v.dtype_name(images))
@@ -363,6 +419,7 @@ def grid_sample(
     if native.enabled(images):
         work = working_dtype(v.dtype_name(images), v.dtype_name(grid))
         return native.sample(images, grid, interpolation, padding_mode, align_corners, data_format, work)
+    check_pixel_count(image_shape, data_format)
 
     def sample(channels_last):
         spatial = ops.shape(channels_last)[1:-1]
@@ -450,6 +507,7 @@ def affine_sample_unchecked(images, theta, size, interpolation, padding_mode, al
     if native.enabled(images):
         work = working_dtype(v.dtype_name(images), v.dtype_name(theta))
         return native.affine_sample(images, theta, size, interpolation, padding_mode, align_corners, data_format, work)
+    check_pixel_count(tuple(images.shape), data_format)
 
     def sample(channels_last):
         in_size = spatial_shape(channels_last)
