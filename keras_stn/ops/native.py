@@ -12,9 +12,9 @@ kernel instead, wrapped so that the library's documented rules still hold:
 - half-precision images are sampled in float32 and returned in their own dtype;
 - channels-last tensors are passed as permuted views, without a copy.
 
-Each call reads one number back from the device (the grid's largest magnitude, and for
-`affine_sample` whether any theta is exactly the identity) to take the plain kernel call in
-the common case; grids with non-finite or huge coordinates take a masked path.
+These rules are tensor operations, the same on every call: nothing is read back from the
+device and no Python branch depends on values, so `torch.compile(fullgraph=True)` traces the
+sampler without a graph break and a CUDA forward never waits for the device.
 
 This is the one dispatch point: set the environment variable `KERAS_STN_NATIVE=0` to use the
 portable sampler on the torch backend too (it is read at each call; `switched(False)` does the
@@ -26,12 +26,12 @@ values, on the native one.
 
 import contextlib
 import os
-import warnings
 
 import keras
 
 # Read at call time: `sampling` imports this module while it is itself being imported.
 from keras_stn.ops import sampling
+from keras_stn.ops.grid import affine_grid_unchecked
 
 ENVIRONMENT_VARIABLE = "KERAS_STN_NATIVE"
 OFF = ("0", "false", "no", "off")
@@ -77,18 +77,22 @@ def sample(images, grid, interpolation, padding_mode, align_corners, data_format
     """`torch.nn.functional.grid_sample` on validated torch tensors, under the library's rules.
 
     `work` is the dtype coordinates and weights are computed in (see `sampling.working_dtype`);
-    images and grid are cast to it and the result back to the images' dtype.
+    images and grid are cast to it and the result back to the images' dtype. The rules are
+    tensor operations on every call, with no branch on values: a graph without breaks for
+    `torch.compile` and no device sync on CUDA.
     """
-    import torch
-    import torch.nn.functional as F
-
     bound = sampling.COORDINATE_BOUND
     dtype = getattr(torch, work)
     grid = grid.to(dtype)
     source = to_channels_first(images, data_format).to(dtype)
-    if within_bound(grid):  # the common case: the kernel alone, with nothing around it
-        output = F.grid_sample(source, grid, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
+    if padding_mode == "zeros":
+        # Far outside, zero padding reads 0 with zero gradient: there non-finite coordinates
+        # can simply be moved (`nan_to_num` passes no gradient to them) and nothing is masked.
+        safe = torch.nan_to_num(grid, nan=bound, posinf=bound, neginf=-bound).clamp(-bound, bound)
+        output = F.grid_sample(source, safe, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
     else:
+        # Border and reflection padding read the image from anywhere, so the points with a
+        # non-finite coordinate are zeroed after sampling (at a finite stand-in position).
         finite = torch.isfinite(grid).all(dim=-1)
         safe = torch.where(finite.unsqueeze(-1), grid.clamp(-bound, bound), 0.0)
         output = F.grid_sample(source, safe, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
@@ -96,32 +100,22 @@ def sample(images, grid, interpolation, padding_mode, align_corners, data_format
     return from_channels_first(output, data_format).to(images.dtype)
 
 
-def within_bound(grid):
-    """Whether every coordinate is finite and within `COORDINATE_BOUND` (NaN compares false).
-    One reduction and one read of its result; symbolic (meta) tensors have no values and take
-    the plain path, whose output shape is the same."""
-    if grid.device.type == "meta" or grid.numel() == 0:
-        return True
-    return bool(grid.detach().abs().amax() <= sampling.COORDINATE_BOUND)
-
-
 def affine_sample(images, theta, size, interpolation, padding_mode, align_corners, data_format, work):
     """`grid_sample(images, affine_grid(theta, size))` with PyTorch's own kernels; `size` is
     the output's spatial size (`None`: the input's), `theta` a validated `(B, n, n + 1)` tensor."""
-    import torch
-    import torch.nn.functional as F
-
     dtype = getattr(torch, work)
     theta = theta.to(dtype)
     first = data_format == "channels_first"
-    channels = images.shape[1] if first else images.shape[-1]
     in_size = tuple(images.shape[2:] if first else images.shape[1:-1])
-    size = in_size if size is None else tuple(int(n) for n in size)
-    with warnings.catch_warnings():
-        # PyTorch warns that unit-size grids with align_corners=True changed in its 1.3; they
-        # read the centre (normalised 0), which is this library's convention too.
-        warnings.filterwarnings("ignore", "Since version 1.3.0, affine_grid behavior", UserWarning)
-        grid = F.affine_grid(theta, (theta.shape[0], channels, *size), align_corners=align_corners)
+    size = in_size if size is None else tuple(size)
+    if align_corners and min(size) == 1:
+        # PyTorch's affine_grid warns on every such call that its unit-size grids changed in its
+        # 1.3; they read the centre (normalised 0), this library's convention, which grid.py's
+        # own grid computes without the warning.
+        grid = affine_grid_unchecked(theta, size, align_corners)
+    else:
+        # The grid does not depend on the channels; affine_grid rejects a size with none.
+        grid = F.affine_grid(theta, (theta.shape[0], 1, *size), align_corners=align_corners)
     output = sample(images, grid, interpolation, padding_mode, align_corners, data_format, work)
     if size != in_size:
         return output
@@ -131,7 +125,26 @@ def affine_sample(images, theta, size, interpolation, padding_mode, align_corner
     rows = theta.shape[1]
     identity = torch.eye(rows, rows + 1, dtype=dtype, device=theta.device)
     exact = (theta.detach() == identity).flatten(1).all(dim=1)
-    if theta.device.type == "meta" or not bool(exact.any()):
-        return output
-    exact = exact.view(-1, *([1] * (images.dim() - 1)))
-    return torch.where(exact, images.detach() + (output - output.detach()), output)
+    return ExactWhere.apply(exact.view(-1, *([1] * (images.dim() - 1))), images.detach(), output)
+
+
+if keras.config.backend() == "torch":
+    import torch
+    import torch.nn.functional as F
+
+    class ExactWhere(torch.autograd.Function):
+        """`where(exact, images, output)` in value and the gradient of `output` everywhere: an
+        identity warp returns its pixels bit for bit, with the kernel's gradients, in one pass over
+        the output and none in the backward pass."""
+
+        @staticmethod
+        def forward(exact, images, output):
+            return torch.where(exact, images, output)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+        @staticmethod
+        def backward(ctx, grad):
+            return None, None, grad

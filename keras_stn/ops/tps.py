@@ -3,6 +3,7 @@
 import functools
 import math
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -45,19 +46,52 @@ def tps_solver(grid_size):
     return controls, solver
 
 
+def solver_tensors(grid_size, dtype, like):
+    """`tps_solver(grid_size)` as tensors of `dtype` on the device of the tensor `like`.
+
+    On the torch backend, which runs eagerly, they are made once per lattice, dtype and device
+    rather than copied from the host on every call; the compiled backends (JAX, TensorFlow)
+    embed them in the graph as constants when they trace it.
+    """
+    if keras.config.backend() == "torch":
+        return torch_solver_tensors(grid_size, dtype, like.device)
+    controls, solver = tps_solver(grid_size)
+    return ops.convert_to_tensor(controls, dtype), ops.convert_to_tensor(solver, dtype)
+
+
+if keras.config.backend() == "torch":
+    import torch
+
+    # Evaluated when torch.compile traces the grid and taken as a constant: tracing the NumPy
+    # solve itself would put it in the graph (where its read-only flags fail to trace).
+    # (A plain function: dynamo traces into a `functools.cache` wrapper it is given directly.)
+    @torch.compiler.assume_constant_result
+    def constant_tps_solver(grid_size):
+        return tps_solver(grid_size)
+
+    TORCH_SOLVERS = {}
+
+    def torch_solver_tensors(grid_size, dtype, device):
+        key = (grid_size, dtype, str(device))
+        if key not in TORCH_SOLVERS:
+            TORCH_SOLVERS[key] = tuple(
+                torch.tensor(a, dtype=getattr(torch, dtype), device=device) for a in constant_tps_solver(grid_size)
+            )
+        return TORCH_SOLVERS[key]
+
+
 def tps_grid_unchecked(offsets, grid_size, height, width, align_corners):
     """`tps_grid` for validated `(B, grid_size**2, 2)` offsets; sizes may be tensors."""
     dtype = v.dtype_name(offsets)
     work = compute_dtype(dtype)
     offsets = ops.cast(offsets, work)
-    controls, solver = tps_solver(grid_size)
-    count = len(controls)
+    controls, solver = solver_tensors(grid_size, work, offsets)
+    count = controls.shape[0]
     # A thin-plate spline reproduces affine maps exactly, so the spline through the displaced
     # controls is the identity plus the spline through the offsets alone: zero offsets give the
     # identity grid exactly, and rounding errors scale with the offsets, not the coordinates.
-    coefficients = ops.einsum("kn,bnc->bkc", ops.convert_to_tensor(solver, work), offsets)
+    coefficients = ops.einsum("kn,bnc->bkc", solver, offsets)
     xs, ys = pixel_centres((height, width), align_corners, work)
-    controls = ops.convert_to_tensor(controls, work)
     squared = (ops.expand_dims(xs, -1) - controls[:, 0]) ** 2 + (ops.expand_dims(ys, -1) - controls[:, 1]) ** 2
     bend = ops.einsum("hwn,bnc->bhwc", radial_basis(squared[0], ops), coefficients[:, :count])
 
