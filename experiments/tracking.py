@@ -113,23 +113,33 @@ class EpochLogger(keras.callbacks.Callback):
         self._warper = None
         self._epoch_start = None
         self._train_end = None
-        self._steps = 0
 
     def on_train_begin(self, logs=None):
         self._warper = transformer_output(self.model)
         self._log_warps(0)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._steps = 0
         self._epoch_start = time.perf_counter()
+        self._train_end = None
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._steps += 1
-        self._train_end = time.perf_counter()
+    # No batch-level hook: one would make Keras dispatch every training step synchronously
+    # (`CallbackList` keeps its async dispatch only for callbacks without one). The training
+    # part of an epoch ends where `fit` starts its validation, or at the epoch's end without one.
+    def on_test_begin(self, logs=None):
+        if self._epoch_start is not None and self._train_end is None:
+            self._train_end = self._finished_training()
+
+    def _finished_training(self):
+        """The time once the epoch's queued training steps have run: reading the optimizer's
+        step counter waits for them, the epoch's one device sync."""
+        keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+        return time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        seconds = self._train_end - self._epoch_start
-        self.step_ms.append(1000.0 * seconds / max(self._steps, 1))
+        train_end = self._train_end if self._train_end is not None else self._finished_training()
+        seconds = train_end - self._epoch_start
+        self._epoch_start = None
+        self.step_ms.append(1000.0 * seconds / max(self.params.get("steps") or 1, 1))
         metrics = {name: float(value) for name, value in (logs or {}).items() if np.isscalar(value)}
         if "val_accuracy" in metrics:
             metrics["val_error"] = 100.0 * (1.0 - metrics["val_accuracy"])
