@@ -606,6 +606,55 @@ def test_mixed_precision_in_a_model(mixed_policy, rng):
     assert out.shape == (BATCH, *OUT, 2) and theta.shape == (BATCH, 6)
 
 
+# --------------------------------------------------------------------------- integer images
+
+
+def integer_images(rng, dtype, shape=SHAPE):
+    """Images of `dtype` and the float32 images of the same values."""
+    high = 2 if dtype == "bool" else 256
+    values = rng.integers(0, high, size=(BATCH, *shape))
+    return values.astype(dtype), values.astype("float32")
+
+
+def zooming_out(layer, images, rng):
+    """Builds `layer` (attention) with a random head kernel and a zoom-out bias (scale 2), so the
+    localization net matters and the output's corners lie outside the input."""
+    layer.build(images.shape)
+    layer.head.kernel.assign(rng.normal(scale=1e-3, size=tuple(layer.head.kernel.shape)).astype("float32"))
+    layer.head.bias.assign(np.array([2, 0, 0], "float32"))
+    return layer
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int32", "bool"])
+def test_integer_images_are_cast_to_the_compute_dtype(dtype, rng):
+    images, floats = integer_images(rng, dtype)
+    layer = keras_stn.SpatialTransformer(return_theta=True)
+    out, theta = layer(images)
+    assert dtype_of(out) == "float32" and dtype_of(theta) == "float32"
+    np.testing.assert_array_equal(to_numpy(out), floats)  # identity at initialisation
+    sym_out, sym_theta = layer(keras.Input(SHAPE, dtype=dtype))
+    assert (sym_out.dtype, sym_theta.dtype) == (dtype_of(out), dtype_of(theta))
+
+    # A warp that reads the zero padding: the same numbers as for float32 images.
+    layer = zooming_out(keras_stn.SpatialTransformer(transform="attention", out_dims=OUT), images, rng)
+    warped, expected = to_numpy(layer(images)), to_numpy(layer(floats))
+    assert warped.dtype == np.float32
+    np.testing.assert_array_equal(warped, expected)
+    np.testing.assert_array_equal(warped[:, 0, 0], 0)
+    assert np.abs(warped).max() > 0
+
+
+def test_integer_images_in_a_model_and_under_mixed_precision(mixed_policy, rng):
+    images, floats = integer_images(rng, "uint8")
+    inputs = keras.Input(SHAPE, dtype="uint8")
+    warped, theta = keras_stn.SpatialTransformer(return_theta=True)(inputs)
+    assert (warped.dtype, theta.dtype) == (mixed_policy, "float32")
+    model = keras.Model(inputs, [warped, theta])
+    out, theta = model(images)
+    assert (dtype_of(out), dtype_of(theta)) == (mixed_policy, "float32")
+    np.testing.assert_array_equal(to_numpy(ops.cast(out, "float32")), floats)  # 0..255 are exact in both
+
+
 # --------------------------------------------------------------------------- models and batches
 
 

@@ -728,6 +728,29 @@ def test_mixed_precision(policy, rng):
     np.testing.assert_allclose(to_numpy(ops.cast(resized, "float32")), expected, atol=atol)
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "bool"])
+def test_layer_casts_integer_volumes_to_the_compute_dtype(dtype, rng):
+    values = rng.integers(0, 2 if dtype == "bool" else 256, size=(BATCH, *IN_SIZE, 2))
+    volumes, floats = values.astype(dtype), values.astype("float32")
+    layer = keras_stn.SpatialTransformer3D(return_theta=True)
+    out, theta = layer(volumes)
+    assert dtype_of(out) == "float32" and dtype_of(theta) == "float32"
+    np.testing.assert_array_equal(to_numpy(out), floats)
+    sym_out, sym_theta = layer(keras.Input((*IN_SIZE, 2), dtype=dtype))
+    assert (sym_out.dtype, sym_theta.dtype) == (dtype_of(out), dtype_of(theta))
+
+    # Zoomed out by 2 with a random head kernel: the corners read the zero padding.
+    layer = keras_stn.SpatialTransformer3D(transform="attention", out_dims=OUT)
+    layer.build(volumes.shape)
+    layer.head.kernel.assign(rng.normal(scale=1e-3, size=tuple(layer.head.kernel.shape)).astype("float32"))
+    layer.head.bias.assign(np.array([2, 0, 0, 0], "float32"))
+    warped = to_numpy(layer(volumes))
+    assert warped.dtype == np.float32
+    np.testing.assert_array_equal(warped, to_numpy(layer(floats)))
+    np.testing.assert_array_equal(warped[:, 0, 0, 0], 0)
+    assert np.abs(warped).max() > 0
+
+
 @pytest.mark.parametrize(
     "name, value, error",
     [

@@ -87,7 +87,20 @@ class SpatialTransformerBase(keras.layers.Layer):
             )
         self.head.build(features_shape)
 
+    def images_dtype(self, dtype):
+        """The dtype the layer samples images of `dtype` in (and returns): integer and bool
+        images are cast to the compute dtype, as Keras's image preprocessing layers do;
+        floating ones arrive already autocast by `Layer.__call__`."""
+        dtype = keras.backend.standardize_dtype(dtype)
+        return dtype if keras.backend.is_float_dtype(dtype) else self.compute_dtype
+
     def call(self, inputs):
+        # The low-level samplers reject integer images (interpolating and rounding back would
+        # lose values silently); the layer's output is a float feature map, so cast up front,
+        # before the localization net sees them.
+        dtype = self.images_dtype(inputs.dtype)
+        if keras.backend.standardize_dtype(inputs.dtype) != dtype:
+            inputs = keras.ops.cast(inputs, dtype)
         theta = scale_gradient(self.head(self.localization(inputs)), self.localization_gradient_scale)
         outputs = self.transform.warp(
             inputs,
@@ -110,6 +123,15 @@ class SpatialTransformerBase(keras.layers.Layer):
         if self.return_theta:
             return shape, (batch, self.transform.num_params)
         return shape
+
+    def compute_output_spec(self, inputs):
+        # Keras's default gives every output the compute dtype; theta is float32 (the head's
+        # dtype) even under a mixed policy.
+        shape = self.compute_output_shape(inputs.shape)
+        if not self.return_theta:
+            return keras.KerasTensor(shape, dtype=self.images_dtype(inputs.dtype))
+        outputs = keras.KerasTensor(shape[0], dtype=self.images_dtype(inputs.dtype))
+        return outputs, keras.KerasTensor(shape[1], dtype=self.head.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -163,7 +185,10 @@ class SpatialTransformer(SpatialTransformerBase):
 
     The head and the grid are computed in float32 even under a mixed-precision policy: pixel
     coordinates need more than half precision. The sampled output has the layer's compute
-    dtype.
+    dtype. Integer and bool images (e.g. uint8) are cast to the compute dtype first, as Keras's
+    image preprocessing layers do, so `uint8` images give the same output as float32 images
+    of the same values (not rescaled: divide by 255 yourself if the model expects `[0, 1]`);
+    the functions in `keras_stn.ops` keep rejecting integer images.
 
     Args:
         out_dims: output `(height, width)`; `None` keeps the input's.
@@ -216,7 +241,7 @@ class SpatialTransformer3D(SpatialTransformerBase):
     theta `(3, 4)` maps output `(x, y, z)` to input `(x, y, z)` in `[-1, 1]`, `z` along the
     depth, the same numbers as PyTorch's 5-D `affine_grid` / `grid_sample`. The head and the
     grid are computed in float32 even under a mixed-precision policy; the sampled output has
-    the layer's compute dtype.
+    the layer's compute dtype, and integer or bool volumes are cast to it first.
 
     Args:
         out_dims: output `(depth, height, width)`; `None` keeps the input's.
