@@ -64,6 +64,16 @@ def check_integer(name, value, minimum):
     return int(value)
 
 
+def check_optional_integer(name, value, minimum):
+    """`None`, or an integer `>= minimum` as `check_integer` validates it."""
+    if value is None:
+        return None
+    try:
+        return check_integer(name, value, minimum)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"`{name}` must be None or an integer >= {minimum}. Got {name}={value!r}") from None
+
+
 def check_positive_number(name, value):
     """Returns `value` as a float if it is a positive, finite real number, else raises."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

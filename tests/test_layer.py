@@ -409,6 +409,100 @@ def test_default_localization_rejects_bad_units(units):
         keras_stn.layers.default_localization(SHAPE, units=units)
 
 
+# The paper's net (pool, conv, pool, conv, flatten, dense 50) and its parameter count with the
+# head (6 affine parameters) for MNIST-sized inputs, as before its size was bounded.
+PAPER_NET = ["MaxPooling2D", "Conv2D", "MaxPooling2D", "Conv2D", "Flatten", "Dense"]
+PAPER_NET_PARAMS = {(28, 28, 1): 59896, (40, 40, 1): 110896, (60, 60, 1): 235896, (64, 64, 3): 267896}
+
+
+def built(shape, **kwargs):
+    layer = keras_stn.SpatialTransformer(**kwargs)
+    layer.build((None, *shape))
+    return layer
+
+
+def sublayer_configs(layer):
+    """The localization net's layer configs, without the (unique, hence differing) names."""
+    return [{k: c for k, c in sub.get_config().items() if k != "name"} for sub in layer.localization.layers]
+
+
+def layer_types(layer):
+    return [type(sub).__name__ for sub in layer.localization.layers]
+
+
+@pytest.mark.parametrize("shape", list(PAPER_NET_PARAMS))
+def test_default_localization_is_the_papers_net_up_to_64_pixels(shape):
+    layer = built(shape)
+    assert layer_types(layer) == PAPER_NET
+    assert layer.count_params() == PAPER_NET_PARAMS[shape]
+    unbounded = built(shape, localization_max_size=None)
+    assert sublayer_configs(unbounded) == sublayer_configs(layer)
+
+
+@pytest.mark.parametrize("shape", [(512, 512, 3), (1024, 1024, 1), (65, 2000, 1), (224, 224, 3)])
+def test_default_localization_size_is_bounded_for_large_inputs(shape):
+    layer = built(shape)
+    assert layer_types(layer) == ["MaxPooling2D", *PAPER_NET]
+    working = tuple(layer.localization.layers[0].compute_output_shape((None, *shape)))
+    assert max(working[1:3]) <= 64 and working[3] == shape[-1]
+    # At most 16 x 16 x 20 features reach the dense layer, as for a 64x64 input.
+    assert layer.count_params() <= PAPER_NET_PARAMS[(64, 64, 3)] < 300_000
+    assert built(shape, localization_max_size=None).count_params() > 3 * layer.count_params()
+
+
+def test_localization_max_size_sets_the_working_size(rng):
+    layer = built((40, 40, 1), localization_max_size=20)
+    assert layer_types(layer) == ["MaxPooling2D", *PAPER_NET]
+    assert layer.count_params() == built((20, 20, 1)).count_params()
+    assert built((40, 40, 1), localization_max_size=40).count_params() == PAPER_NET_PARAMS[(40, 40, 1)]
+    custom = keras_stn.SpatialTransformer(localization=keras.layers.Flatten(), localization_max_size=8)
+    assert tuple(custom(random_images(rng)).shape) == (BATCH, *SHAPE)  # a custom net is used as given
+
+
+def test_large_input_is_the_identity_at_initialisation(rng):
+    images = rng.random((1, 512, 512, 3)).astype("float32")
+    np.testing.assert_array_equal(to_numpy(keras_stn.SpatialTransformer()(images)), images)
+
+
+def test_keras_file_round_trip_of_a_bounded_localization(rng, tmp_path):
+    shape = (130, 70, 1)  # pooled by 3 along the height, 2 along the width
+    x = rng.random((2, *shape)).astype("float32")
+    model = classifier(shape, out_dims=OUT, localization_max_size=50)
+    compile_sgd(model, learning_rate=0.05)
+    fit_one_step(model, x, np.array([0, 1]))
+    assert layer_types(model.get_layer("st")) == ["MaxPooling2D", *PAPER_NET]
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.get_layer("st").localization_max_size == 50
+    assert loaded.get_layer("st").count_params() == model.get_layer("st").count_params()
+    np.testing.assert_array_equal(to_numpy(loaded.predict(x, verbose=0)), to_numpy(model.predict(x, verbose=0)))
+
+
+def test_keras_file_saved_before_the_bound_loads_its_unbounded_net(rng, tmp_path):
+    """A file whose layer config has no `localization_max_size` was saved when the default net
+    had no bound: it loads with that net, whose weights it holds."""
+    shape = (72, 72, 1)
+    x = rng.random((2, *shape)).astype("float32")
+    model = classifier(shape, out_dims=OUT, localization_max_size=None)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(entries["config.json"])
+    layer_config = next(layer["config"] for layer in config["config"]["layers"] if layer["config"]["name"] == "st")
+    del layer_config["localization_max_size"]
+    entries["config.json"] = json.dumps(config).encode()
+    older = tmp_path / "older.keras"
+    with zipfile.ZipFile(older, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    loaded = keras.models.load_model(older)
+    restored = loaded.get_layer("st")
+    assert restored.localization_max_size is None and layer_types(restored) == PAPER_NET
+    assert restored.count_params() == model.get_layer("st").count_params()
+    np.testing.assert_array_equal(to_numpy(loaded.predict(x, verbose=0)), to_numpy(model.predict(x, verbose=0)))
+
+
 # --------------------------------------------------------------------------- configuration
 
 
@@ -728,6 +822,10 @@ def test_inside_a_functional_model_with_theta_output(rng):
         ("localization_gradient_scale", float("nan"), ValueError),
         ("localization_gradient_scale", "0.1", TypeError),
         ("localization_gradient_scale", True, TypeError),
+        ("localization_max_size", 0, ValueError),
+        ("localization_max_size", 2.5, TypeError),
+        ("localization_max_size", "big", TypeError),
+        ("localization_max_size", True, TypeError),
     ],
 )
 def test_bad_constructor_arguments(name, value, errors):

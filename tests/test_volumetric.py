@@ -781,6 +781,48 @@ def test_layer_rejects_inputs_of_the_wrong_rank():
         keras_stn.SpatialTransformer(transform=transforms.Affine3D())
 
 
+def built_3d(shape, **kwargs):
+    layer = keras_stn.SpatialTransformer3D(**kwargs)
+    layer.build((None, *shape))
+    return layer
+
+
+PAPER_NET_3D = ["MaxPooling3D", "Conv3D", "MaxPooling3D", "Conv3D", "Flatten", "Dense"]
+
+
+@pytest.mark.parametrize(
+    "shape, params", [((32, 32, 32, 1), 524042), ((16, 32, 32, 1), 268042), ((*IN_SIZE, 2), 16582)]
+)
+def test_default_localization_3d_is_unchanged_up_to_32_voxels(shape, params):
+    layer = built_3d(shape)
+    assert [type(sub).__name__ for sub in layer.localization.layers] == PAPER_NET_3D
+    assert layer.count_params() == params == built_3d(shape, localization_max_size=None).count_params()
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 64, 1), (128, 128, 128, 1), (33, 200, 32, 2)])
+def test_default_localization_3d_size_is_bounded_for_large_volumes(shape):
+    layer = built_3d(shape)
+    assert [type(sub).__name__ for sub in layer.localization.layers] == ["MaxPooling3D", *PAPER_NET_3D]
+    working = tuple(layer.localization.layers[0].compute_output_shape((None, *shape)))
+    assert max(working[1:4]) <= 32
+    assert layer.count_params() <= 524042 + 540 * (shape[-1] - 1) < 600_000
+    assert built_3d(shape, localization_max_size=None).count_params() > 2 * layer.count_params()
+
+
+def test_bounded_3d_localization_is_the_identity_and_round_trips(rng, tmp_path):
+    shape = (40, 6, 5, 2)  # pooled by 2 along the depth only
+    volumes = rng.random((2, *shape)).astype("float32")
+    inputs = keras.Input(shape)
+    model = keras.Model(inputs, keras_stn.SpatialTransformer3D(name="st")(inputs))
+    assert type(model.get_layer("st").localization.layers[0]).__name__ == "MaxPooling3D"
+    assert len(model.get_layer("st").localization.layers) == 7
+    np.testing.assert_array_equal(to_numpy(model(volumes)), volumes)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.get_layer("st").localization_max_size == 32
+    assert loaded.get_layer("st").count_params() == model.get_layer("st").count_params()
+
+
 def test_default_localization_3d_needs_static_sizes():
     with pytest.raises(ValueError, match=r"static depth, height and width.*GlobalAveragePooling3D.*Got input shape"):
         keras_stn.layers.default_localization_3d((None, 5, 6, 2))

@@ -10,7 +10,7 @@ import keras
 
 from keras_stn import _validation as v
 from keras_stn import transforms as transforms_lib
-from keras_stn.layers.localization import default_localization, default_localization_3d
+from keras_stn.layers.localization import MAX_SIZE_2D, MAX_SIZE_3D, default_localization, default_localization_3d
 
 
 class SpatialTransformerBase(keras.layers.Layer):
@@ -18,11 +18,13 @@ class SpatialTransformerBase(keras.layers.Layer):
 
     Subclasses set `spatial_rank` (2 or 3: the inputs have rank `spatial_rank + 2`), the
     `interpolations` they support and `default_localization`, the network built when
-    `localization=None`.
+    `localization=None`, with `default_localization_max_size` its working size for
+    `localization_max_size="auto"`.
     """
 
     spatial_rank = None
     interpolations = None
+    default_localization_max_size = None
 
     def __init__(
         self,
@@ -35,6 +37,7 @@ class SpatialTransformerBase(keras.layers.Layer):
         data_format=None,
         return_theta=False,
         localization_gradient_scale=1.0,
+        localization_max_size="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -54,6 +57,9 @@ class SpatialTransformerBase(keras.layers.Layer):
                 "`localization` must be a Keras layer or model (or None for the default CNN). "
                 f"Got localization={localization!r}"
             )
+        if isinstance(localization_max_size, str) and localization_max_size == "auto":
+            localization_max_size = self.default_localization_max_size
+        self.localization_max_size = v.check_optional_integer("localization_max_size", localization_max_size, 1)
         self.has_custom_localization = localization is not None
         self.localization = localization
         identity = self.transform.identity_params()
@@ -148,6 +154,7 @@ class SpatialTransformerBase(keras.layers.Layer):
                 "data_format": self.data_format,
                 "return_theta": self.return_theta,
                 "localization_gradient_scale": self.localization_gradient_scale,
+                "localization_max_size": self.localization_max_size,
             }
         )
         return config
@@ -159,6 +166,9 @@ class SpatialTransformerBase(keras.layers.Layer):
         config = copy.deepcopy(config)
         if isinstance(config.get("localization"), dict):
             config["localization"] = keras.saving.deserialize_keras_object(config["localization"])
+        # Configs saved before the default localization net had a working size describe the
+        # unbounded net, whose weights their files hold.
+        config.setdefault("localization_max_size", None)
         if config.get("out_dims") is not None:
             config["out_dims"] = tuple(config["out_dims"])
         return cls(**config)
@@ -212,6 +222,12 @@ class SpatialTransformer(SpatialTransformerBase):
             (or momentum) this is a learning-rate multiplier for them, as the paper trains its
             localization nets at a lower rate; adaptive optimizers such as Adam largely cancel
             a constant scale. The forward pass is unchanged, bit for bit.
+        localization_max_size: the largest height and width the default localization net
+            runs the paper's layers at: `"auto"` (default) for 64, a positive int, or `None`
+            for no bound. Larger inputs are max-pooled down to it first, so the net's dense
+            layer stays bounded (about 270k weights at most, against 16.4M unbounded at
+            512x512x3); inputs up to 64x64 get the paper's net unchanged. See
+            `keras_stn.layers.default_localization`. Not used with a custom `localization`.
         **kwargs: standard layer arguments (`name`, `dtype`, ...).
 
     Input shape: `(B, H, W, C)` (channels_last) or `(B, C, H, W)` (channels_first).
@@ -226,8 +242,12 @@ class SpatialTransformer(SpatialTransformerBase):
     spatial_rank = 2
     interpolations = v.INTERPOLATIONS
 
+    default_localization_max_size = MAX_SIZE_2D
+
     def default_localization(self, input_shape):
-        return default_localization(input_shape, self.data_format, dtype=self.dtype_policy)
+        return default_localization(
+            input_shape, self.data_format, dtype=self.dtype_policy, max_size=self.localization_max_size
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_stn")
@@ -261,6 +281,9 @@ class SpatialTransformer3D(SpatialTransformerBase):
             (`layer.transform.to_theta(theta)` gives the `(B, 3, 4)` matrix).
         localization_gradient_scale: as for `SpatialTransformer`: multiplies the gradient
             into the head and the localization net (a learning-rate multiplier under SGD).
+        localization_max_size: as for `SpatialTransformer`, with `"auto"` meaning 32: volumes
+            larger along an axis are max-pooled down to it before the default localization
+            net (`keras_stn.layers.default_localization_3d`); `None` for no bound.
         **kwargs: standard layer arguments (`name`, `dtype`, ...).
 
     Input shape: `(B, D, H, W, C)` (channels_last) or `(B, C, D, H, W)` (channels_first).
@@ -275,5 +298,9 @@ class SpatialTransformer3D(SpatialTransformerBase):
     spatial_rank = 3
     interpolations = v.VOLUME_INTERPOLATIONS
 
+    default_localization_max_size = MAX_SIZE_3D
+
     def default_localization(self, input_shape):
-        return default_localization_3d(input_shape, self.data_format, dtype=self.dtype_policy)
+        return default_localization_3d(
+            input_shape, self.data_format, dtype=self.dtype_policy, max_size=self.localization_max_size
+        )
