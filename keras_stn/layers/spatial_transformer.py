@@ -205,6 +205,8 @@ class SpatialTransformer(SpatialTransformerBase):
         transform: `"affine"` (default), `"attention"`, `"translation"`, `"similarity"`,
             `"projective"`, `"tps"` (thin-plate spline, 3x3 control points), or a
             `keras_stn.transforms.Transform` instance such as `ThinPlateSpline(grid_size=4)`.
+            Names are case-insensitive; `"thin_plate_spline"` and `"homography"` are accepted
+            for `"tps"` and `"projective"` (see `keras_stn.transforms.get`).
         localization: a Keras layer or model mapping the input to a `(B, features)` tensor;
             `None` builds `keras_stn.layers.default_localization` for the input shape.
         interpolation: `"bilinear"` (default), `"nearest"` or `"bicubic"`.
