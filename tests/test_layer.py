@@ -857,6 +857,42 @@ def test_wrong_input_rank_raises():
         keras_stn.SpatialTransformer()(np.zeros((BATCH, 16, 12), "float32"))
 
 
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_a_single_image_is_told_to_add_a_batch_axis(data_format, symbolic):
+    image = np.zeros(SHAPE if data_format == "channels_last" else SHAPE_CF, "float32")
+    layer = keras_stn.SpatialTransformer(data_format=data_format)
+    inputs = keras.Input(batch_shape=image.shape) if symbolic else image
+    with pytest.raises(ValueError) as info:
+        layer(inputs)
+    message = str(info.value)
+    layout = "(batch, height, width, channels)" if data_format == "channels_last" else "(batch, channels, height,"
+    assert message.startswith("`inputs` of SpatialTransformer must be a rank-4") and layout in message, message
+    assert "add a batch axis" in message and "x[None]" in message and "keras.ops.expand_dims(x, 0)" in message
+    assert message.endswith(f"Got inputs with shape {image.shape}"), message
+    # The layer is still usable once given a batch.
+    assert tuple(layer(image[None]).shape) == (1, *image.shape)
+
+
+@pytest.mark.parametrize("shape", [(BATCH, 16, 12), (BATCH, 3, 16, 12, 2), (16,)])
+def test_other_input_ranks_name_the_expected_layout(shape):
+    with pytest.raises(ValueError) as info:
+        keras_stn.SpatialTransformer()(np.zeros(shape, "float32"))
+    message = str(info.value)
+    assert message.startswith("`inputs` of SpatialTransformer must be a rank-4"), message
+    assert message.endswith(f"Got inputs with shape {shape}"), message
+    if len(shape) == 5:
+        assert "use `SpatialTransformer3D`" in message, message
+
+
+def test_symbolic_images_without_a_channel_axis_are_told_to_add_one():
+    with pytest.raises(ValueError) as info:
+        keras_stn.SpatialTransformer()(keras.Input((16, 12)))
+    message = str(info.value)
+    assert "add a channel axis, e.g. `x[..., None]`" in message and "batch axis" not in message, message
+    assert message.endswith("Got inputs with shape (None, 16, 12)"), message
+
+
 # --------------------------------------------------------------------------- cross-backend load
 
 LOAD_AND_PREDICT = """

@@ -781,6 +781,17 @@ def test_layer_rejects_inputs_of_the_wrong_rank():
         keras_stn.SpatialTransformer(transform=transforms.Affine3D())
 
 
+def test_layer_tells_a_single_volume_to_add_a_batch_axis():
+    volume = np.zeros((*IN_SIZE, 2), "float32")
+    with pytest.raises(ValueError) as info:
+        keras_stn.SpatialTransformer3D()(volume)
+    message = str(info.value)
+    assert message.startswith("`inputs` of SpatialTransformer3D must be a rank-5"), message
+    assert "(batch, depth, height, width, channels)" in message and "x[None]" in message, message
+    assert "use `SpatialTransformer`" in message, message  # or it was a batch of images
+    assert message.endswith(f"Got inputs with shape {volume.shape}"), message
+
+
 def built_3d(shape, **kwargs):
     layer = keras_stn.SpatialTransformer3D(**kwargs)
     layer.build((None, *shape))

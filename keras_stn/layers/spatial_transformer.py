@@ -76,6 +76,38 @@ class SpatialTransformerBase(keras.layers.Layer):
         """The network `build` creates when `localization=None`, for inputs of `input_shape`."""
         raise NotImplementedError
 
+    def __call__(self, inputs, *args, **kwargs):
+        # Checked before Keras's InputSpec, whose message ("expected ndim=4, found ndim=3")
+        # does not say what the commonest mistake, a single image without a batch axis, needs.
+        if hasattr(inputs, "shape"):
+            self.check_input_rank(tuple(inputs.shape))
+        return super().__call__(inputs, *args, **kwargs)
+
+    def check_input_rank(self, shape):
+        rank = self.spatial_rank + 2
+        if len(shape) == rank:
+            return
+        kind, axes = ("images", "height, width") if self.spatial_rank == 2 else ("volumes", "depth, height, width")
+        layout = f"(batch, {axes}, channels)" if self.data_format == "channels_last" else f"(batch, channels, {axes})"
+        hints = []
+        if len(shape) == rank - 1:
+            if shape[0] is not None:  # a symbolic batch axis rules out a single example
+                example = kind[:-1]
+                hints.append(
+                    f"for a single {example} add a batch axis, e.g. `x[None]` or `keras.ops.expand_dims(x, 0)`"
+                )
+            channel = "`x[..., None]`" if self.data_format == "channels_last" else "`x[:, None]`"
+            hints.append(f"for {kind} without channels add a channel axis, e.g. {channel}")
+        other_kind, other_layer = (
+            ("volumes", "SpatialTransformer3D") if self.spatial_rank == 2 else ("images", "SpatialTransformer")
+        )
+        if len(shape) == (5 if self.spatial_rank == 2 else 4):
+            hints.append(f"for a batch of {other_kind} use `{other_layer}`")
+        raise ValueError(
+            f"`inputs` of {type(self).__name__} must be a rank-{rank} batch of {kind} {layout}"
+            f"{''.join(f'; {hint}' for hint in hints)}. Got inputs with shape {shape}"
+        )
+
     def spatial_dims(self, shape):
         first = 1 if self.data_format == "channels_last" else 2
         return tuple(shape[first : first + self.spatial_rank])
@@ -218,7 +250,9 @@ class SpatialTransformer(SpatialTransformerBase):
             regressed `(B, transform.num_params)` parameters of the same forward pass (for
             `"affine"`, the row-major `(B, 6)` matrix; `layer.transform.to_theta(theta)` gives
             the `(B, 2, 3)` matrix of any affine-family transform). Use it to plot what the
-            transformer does or to put a loss on the transform.
+            transformer does or to put a loss on the transform. Without it the layer returns
+            one tensor, so `out, theta = layer(x)` unpacks the batch: an error for most batch
+            sizes, but with a batch of 2 silently the two warped images.
         localization_gradient_scale: positive float (default 1) multiplying the gradient that
             flows from the transform into the head and the localization net. With plain SGD
             (or momentum) this is a learning-rate multiplier for them, as the paper trains its
@@ -232,7 +266,8 @@ class SpatialTransformer(SpatialTransformerBase):
             `keras_stn.layers.default_localization`. Not used with a custom `localization`.
         **kwargs: standard layer arguments (`name`, `dtype`, ...).
 
-    Input shape: `(B, H, W, C)` (channels_last) or `(B, C, H, W)` (channels_first).
+    Input shape: `(B, H, W, C)` (channels_last) or `(B, C, H, W)` (channels_first); a single
+    image needs a batch axis first (`x[None]`).
     Output shape: `(B, out_H, out_W, C)` or `(B, C, out_H, out_W)`.
 
     Example:
