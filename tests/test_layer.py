@@ -943,3 +943,73 @@ def test_model_saved_here_loads_and_predicts_under_the_other_backends(rng, tmp_p
         for index, want in enumerate(expected):
             got = np.load(tmp_path / f"{other}_{index}.npy")
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=f"saved by {BACKEND}, loaded by {other}")
+
+
+# A compiled model's optimizer is saved under the class Keras made for the saving backend:
+# under torch `keras.src.backend.torch.optimizers.torch_adam.Adam`, which cannot be imported
+# where torch is not installed, so `load_model(path)` fails there. The subprocess hides the
+# saving backend's framework from every import finder, as if it were not installed
+# (`sys.modules[name] = None` is not enough: scipy and torch probe `sys.modules` and
+# `importlib.util.find_spec` for the frameworks they can hand arrays to).
+LOAD_WITHOUT_THE_SAVING_FRAMEWORK = """
+import sys
+directory, backend, hidden = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+class Hiding:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == hidden:
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, attribute):
+        return getattr(self.finder, attribute)
+
+
+sys.meta_path[:] = [Hiding(finder) for finder in sys.meta_path]
+import importlib.util
+assert importlib.util.find_spec(hidden) is None
+
+import numpy as np
+import keras
+import keras_stn  # registers the serialisable classes
+
+assert keras.config.backend() == backend, keras.config.backend()
+x, y = np.load(directory + "/x.npy"), np.load(directory + "/y.npy")
+model = keras.saving.load_model(directory + "/model.keras", compile=False)
+np.save(f"{directory}/{backend}.npy", keras.ops.convert_to_numpy(model.predict(x, verbose=0)))
+model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+model.fit(x, y, epochs=1, verbose=0)  # recompiled here, it trains (from a fresh optimizer state)
+assert hidden not in sys.modules, hidden
+"""
+
+
+@pytest.mark.slow
+def test_compiled_model_loads_under_another_backend_without_the_saving_framework(rng, tmp_path):
+    x = random_images(rng)
+    y = rng.integers(0, 3, size=BATCH)
+    model = classifier(out_dims=OUT, transform="attention")
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    fit_one_step(model, x, y)
+    expected = to_numpy(model.predict(x, verbose=0))
+    model.save(str(tmp_path / "model.keras"))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+
+    for other in sorted({"tensorflow", "jax", "torch"} - {BACKEND}):
+        pythonpath = os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])
+        env = dict(os.environ, KERAS_BACKEND=other, PYTHONPATH=pythonpath)
+        result = subprocess.run(
+            [sys.executable, "-c", LOAD_WITHOUT_THE_SAVING_FRAMEWORK, str(tmp_path), other, BACKEND],
+            env=env,
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, f"saved by {BACKEND}, loaded by {other}:\n{result.stderr[-3000:]}"
+        got = np.load(tmp_path / f"{other}.npy")
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=f"saved by {BACKEND}, loaded by {other}")
