@@ -4,6 +4,7 @@ Every check raises with a message that names the argument, says what was expecte
 "Got <what was given>", so a user can fix the call without reading the source.
 """
 
+import difflib
 import numbers
 
 import keras
@@ -19,6 +20,13 @@ def check_choice(name, value, choices):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"`{name}` must be one of {', '.join(repr(c) for c in choices)}. Got {name}={value!r}")
     return value
+
+
+def closest(value, choices):
+    """The choice closest in spelling to `value` (by `difflib`), or None when none is close:
+    for a "did you mean" in an error message, never for accepting a value."""
+    matches = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    return matches[0] if matches else None
 
 
 def standardize_data_format(data_format):
@@ -62,6 +70,16 @@ def check_integer(name, value, minimum):
     if value < minimum:
         raise ValueError(message)
     return int(value)
+
+
+def check_optional_integer(name, value, minimum):
+    """`None`, or an integer `>= minimum` as `check_integer` validates it."""
+    if value is None:
+        return None
+    try:
+        return check_integer(name, value, minimum)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"`{name}` must be None or an integer >= {minimum}. Got {name}={value!r}") from None
 
 
 def check_positive_number(name, value):

@@ -17,7 +17,11 @@ Built in, by name:
   control points, `2 * grid_size**2` parameters; a smooth non-rigid warp.
 
 Use a name or an instance (e.g. `ThinPlateSpline(grid_size=4)`) wherever a transform is
-expected; `get()` resolves either.
+expected; `get()` resolves either. Names are case-insensitive, with `-` and spaces read as `_`
+(`"Affine"`, `"TPS"`), and two unambiguous aliases are accepted: `"thin_plate_spline"` for
+`"tps"` and `"homography"` for `"projective"`. Anything else raises a `ValueError` listing
+the names, with the closest one suggested (`"tsp"`: Did you mean 'tps'?; `"rotation"` or
+`"rigid"`: 'similarity'; `"zoom"`: 'attention').
 
 Volumetric (3-D) transforms, for `SpatialTransformer3D`, have a registry of their own, so the
 same names mean their 3-D counterparts there (`get(name, spatial_rank=3)`):
@@ -299,20 +303,51 @@ TRANSFORMS_3D = {cls.name: cls for cls in (Affine3D, Attention3D)}
 REGISTRIES = {2: TRANSFORMS, 3: TRANSFORMS_3D}
 
 
+# Other names of a built-in transform, accepted because each can only mean that one.
+ALIASES = {"thin_plate_spline": "tps", "homography": "projective"}
+# Names of what a built-in transform does, suggested in the error but not accepted: "rigid"
+# has no scale and "rotation" no translation, so "similarity" is a superset, not the same.
+RELATED = {"rotation": "similarity", "rigid": "similarity", "euclidean": "similarity", "zoom": "attention"}
+
+
+def standardize_name(name):
+    """Case-insensitive, with `-` and spaces read as `_`, and aliases resolved."""
+    key = "_".join(name.strip().lower().replace("-", " ").split())
+    return ALIASES.get(key, key)
+
+
+def suggestion(name, spatial_rank):
+    """The sentence to add to the error about a transform name that is not one, or ""."""
+    registry = REGISTRIES[spatial_rank]
+    key = standardize_name(name)
+    others = [rank for rank, names in REGISTRIES.items() if rank != spatial_rank and key in names]
+    if others:
+        return f" {name!r} has no {spatial_rank}-D version (it is a {others[0]}-D transform)."
+    if RELATED.get(key) in registry:
+        return f" Did you mean {RELATED[key]!r}?"
+    spellings = {**{n: n for n in registry}, **{a: n for a, n in ALIASES.items() if n in registry}}
+    close = v.closest(key, spellings)
+    return f" Did you mean {spellings[close]!r}?" if close else ""
+
+
 def get(identifier, spatial_rank=2):
     """Resolves a transform name, instance or serialised config to a `Transform` instance.
 
+    Names are case-insensitive and accept the aliases in `ALIASES` (see the module docstring).
     `spatial_rank=3` looks names up among the volumetric transforms (`TRANSFORMS_3D`) and
     requires instances and configs to be volumetric too; 2 (the default) the same for images.
     """
     registry = REGISTRIES[spatial_rank]
     transform = None
+    hint = ""
     if isinstance(identifier, Transform):
         transform = identifier
     elif isinstance(identifier, dict):
         transform = keras.saving.deserialize_keras_object(identifier)
-    elif isinstance(identifier, str) and identifier in registry:
-        return registry[identifier]()
+    elif isinstance(identifier, str):
+        if standardize_name(identifier) in registry:
+            return registry[standardize_name(identifier)]()
+        hint = suggestion(identifier, spatial_rank)
     if isinstance(transform, Transform) and transform.spatial_rank == spatial_rank:
         return transform
     names = ", ".join(repr(n) for n in registry)
@@ -321,7 +356,9 @@ def get(identifier, spatial_rank=2):
     instance = "a keras_stn.transforms.Transform instance"
     if spatial_rank != 2 or isinstance(transform, Transform):  # a transform of the other rank
         instance += f" with spatial_rank={spatial_rank}"
-    raise ValueError(f"`transform` must be one of {names} or {instance}. Got transform={identifier!r}")
+    raise ValueError(
+        f"`transform` must be one of {names} (case-insensitive) or {instance}.{hint} Got transform={identifier!r}"
+    )
 
 
 def serialize(transform):

@@ -409,6 +409,100 @@ def test_default_localization_rejects_bad_units(units):
         keras_stn.layers.default_localization(SHAPE, units=units)
 
 
+# The paper's net (pool, conv, pool, conv, flatten, dense 50) and its parameter count with the
+# head (6 affine parameters) for MNIST-sized inputs, as before its size was bounded.
+PAPER_NET = ["MaxPooling2D", "Conv2D", "MaxPooling2D", "Conv2D", "Flatten", "Dense"]
+PAPER_NET_PARAMS = {(28, 28, 1): 59896, (40, 40, 1): 110896, (60, 60, 1): 235896, (64, 64, 3): 267896}
+
+
+def built(shape, **kwargs):
+    layer = keras_stn.SpatialTransformer(**kwargs)
+    layer.build((None, *shape))
+    return layer
+
+
+def sublayer_configs(layer):
+    """The localization net's layer configs, without the (unique, hence differing) names."""
+    return [{k: c for k, c in sub.get_config().items() if k != "name"} for sub in layer.localization.layers]
+
+
+def layer_types(layer):
+    return [type(sub).__name__ for sub in layer.localization.layers]
+
+
+@pytest.mark.parametrize("shape", list(PAPER_NET_PARAMS))
+def test_default_localization_is_the_papers_net_up_to_64_pixels(shape):
+    layer = built(shape)
+    assert layer_types(layer) == PAPER_NET
+    assert layer.count_params() == PAPER_NET_PARAMS[shape]
+    unbounded = built(shape, localization_max_size=None)
+    assert sublayer_configs(unbounded) == sublayer_configs(layer)
+
+
+@pytest.mark.parametrize("shape", [(512, 512, 3), (1024, 1024, 1), (65, 2000, 1), (224, 224, 3)])
+def test_default_localization_size_is_bounded_for_large_inputs(shape):
+    layer = built(shape)
+    assert layer_types(layer) == ["MaxPooling2D", *PAPER_NET]
+    working = tuple(layer.localization.layers[0].compute_output_shape((None, *shape)))
+    assert max(working[1:3]) <= 64 and working[3] == shape[-1]
+    # At most 16 x 16 x 20 features reach the dense layer, as for a 64x64 input.
+    assert layer.count_params() <= PAPER_NET_PARAMS[(64, 64, 3)] < 300_000
+    assert built(shape, localization_max_size=None).count_params() > 3 * layer.count_params()
+
+
+def test_localization_max_size_sets_the_working_size(rng):
+    layer = built((40, 40, 1), localization_max_size=20)
+    assert layer_types(layer) == ["MaxPooling2D", *PAPER_NET]
+    assert layer.count_params() == built((20, 20, 1)).count_params()
+    assert built((40, 40, 1), localization_max_size=40).count_params() == PAPER_NET_PARAMS[(40, 40, 1)]
+    custom = keras_stn.SpatialTransformer(localization=keras.layers.Flatten(), localization_max_size=8)
+    assert tuple(custom(random_images(rng)).shape) == (BATCH, *SHAPE)  # a custom net is used as given
+
+
+def test_large_input_is_the_identity_at_initialisation(rng):
+    images = rng.random((1, 512, 512, 3)).astype("float32")
+    np.testing.assert_array_equal(to_numpy(keras_stn.SpatialTransformer()(images)), images)
+
+
+def test_keras_file_round_trip_of_a_bounded_localization(rng, tmp_path):
+    shape = (130, 70, 1)  # pooled by 3 along the height, 2 along the width
+    x = rng.random((2, *shape)).astype("float32")
+    model = classifier(shape, out_dims=OUT, localization_max_size=50)
+    compile_sgd(model, learning_rate=0.05)
+    fit_one_step(model, x, np.array([0, 1]))
+    assert layer_types(model.get_layer("st")) == ["MaxPooling2D", *PAPER_NET]
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.get_layer("st").localization_max_size == 50
+    assert loaded.get_layer("st").count_params() == model.get_layer("st").count_params()
+    np.testing.assert_array_equal(to_numpy(loaded.predict(x, verbose=0)), to_numpy(model.predict(x, verbose=0)))
+
+
+def test_keras_file_saved_before_the_bound_loads_its_unbounded_net(rng, tmp_path):
+    """A file whose layer config has no `localization_max_size` was saved when the default net
+    had no bound: it loads with that net, whose weights it holds."""
+    shape = (72, 72, 1)
+    x = rng.random((2, *shape)).astype("float32")
+    model = classifier(shape, out_dims=OUT, localization_max_size=None)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(entries["config.json"])
+    layer_config = next(layer["config"] for layer in config["config"]["layers"] if layer["config"]["name"] == "st")
+    del layer_config["localization_max_size"]
+    entries["config.json"] = json.dumps(config).encode()
+    older = tmp_path / "older.keras"
+    with zipfile.ZipFile(older, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    loaded = keras.models.load_model(older)
+    restored = loaded.get_layer("st")
+    assert restored.localization_max_size is None and layer_types(restored) == PAPER_NET
+    assert restored.count_params() == model.get_layer("st").count_params()
+    np.testing.assert_array_equal(to_numpy(loaded.predict(x, verbose=0)), to_numpy(model.predict(x, verbose=0)))
+
+
 # --------------------------------------------------------------------------- configuration
 
 
@@ -606,6 +700,55 @@ def test_mixed_precision_in_a_model(mixed_policy, rng):
     assert out.shape == (BATCH, *OUT, 2) and theta.shape == (BATCH, 6)
 
 
+# --------------------------------------------------------------------------- integer images
+
+
+def integer_images(rng, dtype, shape=SHAPE):
+    """Images of `dtype` and the float32 images of the same values."""
+    high = 2 if dtype == "bool" else 256
+    values = rng.integers(0, high, size=(BATCH, *shape))
+    return values.astype(dtype), values.astype("float32")
+
+
+def zooming_out(layer, images, rng):
+    """Builds `layer` (attention) with a random head kernel and a zoom-out bias (scale 2), so the
+    localization net matters and the output's corners lie outside the input."""
+    layer.build(images.shape)
+    layer.head.kernel.assign(rng.normal(scale=1e-3, size=tuple(layer.head.kernel.shape)).astype("float32"))
+    layer.head.bias.assign(np.array([2, 0, 0], "float32"))
+    return layer
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int32", "bool"])
+def test_integer_images_are_cast_to_the_compute_dtype(dtype, rng):
+    images, floats = integer_images(rng, dtype)
+    layer = keras_stn.SpatialTransformer(return_theta=True)
+    out, theta = layer(images)
+    assert dtype_of(out) == "float32" and dtype_of(theta) == "float32"
+    np.testing.assert_array_equal(to_numpy(out), floats)  # identity at initialisation
+    sym_out, sym_theta = layer(keras.Input(SHAPE, dtype=dtype))
+    assert (sym_out.dtype, sym_theta.dtype) == (dtype_of(out), dtype_of(theta))
+
+    # A warp that reads the zero padding: the same numbers as for float32 images.
+    layer = zooming_out(keras_stn.SpatialTransformer(transform="attention", out_dims=OUT), images, rng)
+    warped, expected = to_numpy(layer(images)), to_numpy(layer(floats))
+    assert warped.dtype == np.float32
+    np.testing.assert_array_equal(warped, expected)
+    np.testing.assert_array_equal(warped[:, 0, 0], 0)
+    assert np.abs(warped).max() > 0
+
+
+def test_integer_images_in_a_model_and_under_mixed_precision(mixed_policy, rng):
+    images, floats = integer_images(rng, "uint8")
+    inputs = keras.Input(SHAPE, dtype="uint8")
+    warped, theta = keras_stn.SpatialTransformer(return_theta=True)(inputs)
+    assert (warped.dtype, theta.dtype) == (mixed_policy, "float32")
+    model = keras.Model(inputs, [warped, theta])
+    out, theta = model(images)
+    assert (dtype_of(out), dtype_of(theta)) == (mixed_policy, "float32")
+    np.testing.assert_array_equal(to_numpy(ops.cast(out, "float32")), floats)  # 0..255 are exact in both
+
+
 # --------------------------------------------------------------------------- models and batches
 
 
@@ -679,6 +822,10 @@ def test_inside_a_functional_model_with_theta_output(rng):
         ("localization_gradient_scale", float("nan"), ValueError),
         ("localization_gradient_scale", "0.1", TypeError),
         ("localization_gradient_scale", True, TypeError),
+        ("localization_max_size", 0, ValueError),
+        ("localization_max_size", 2.5, TypeError),
+        ("localization_max_size", "big", TypeError),
+        ("localization_max_size", True, TypeError),
     ],
 )
 def test_bad_constructor_arguments(name, value, errors):
@@ -708,6 +855,42 @@ def test_bad_choices_list_the_valid_ones(name, value, valid):
 def test_wrong_input_rank_raises():
     with pytest.raises(ValueError):
         keras_stn.SpatialTransformer()(np.zeros((BATCH, 16, 12), "float32"))
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_a_single_image_is_told_to_add_a_batch_axis(data_format, symbolic):
+    image = np.zeros(SHAPE if data_format == "channels_last" else SHAPE_CF, "float32")
+    layer = keras_stn.SpatialTransformer(data_format=data_format)
+    inputs = keras.Input(batch_shape=image.shape) if symbolic else image
+    with pytest.raises(ValueError) as info:
+        layer(inputs)
+    message = str(info.value)
+    layout = "(batch, height, width, channels)" if data_format == "channels_last" else "(batch, channels, height,"
+    assert message.startswith("`inputs` of SpatialTransformer must be a rank-4") and layout in message, message
+    assert "add a batch axis" in message and "x[None]" in message and "keras.ops.expand_dims(x, 0)" in message
+    assert message.endswith(f"Got inputs with shape {image.shape}"), message
+    # The layer is still usable once given a batch.
+    assert tuple(layer(image[None]).shape) == (1, *image.shape)
+
+
+@pytest.mark.parametrize("shape", [(BATCH, 16, 12), (BATCH, 3, 16, 12, 2), (16,)])
+def test_other_input_ranks_name_the_expected_layout(shape):
+    with pytest.raises(ValueError) as info:
+        keras_stn.SpatialTransformer()(np.zeros(shape, "float32"))
+    message = str(info.value)
+    assert message.startswith("`inputs` of SpatialTransformer must be a rank-4"), message
+    assert message.endswith(f"Got inputs with shape {shape}"), message
+    if len(shape) == 5:
+        assert "use `SpatialTransformer3D`" in message, message
+
+
+def test_symbolic_images_without_a_channel_axis_are_told_to_add_one():
+    with pytest.raises(ValueError) as info:
+        keras_stn.SpatialTransformer()(keras.Input((16, 12)))
+    message = str(info.value)
+    assert "add a channel axis, e.g. `x[..., None]`" in message and "batch axis" not in message, message
+    assert message.endswith("Got inputs with shape (None, 16, 12)"), message
 
 
 # --------------------------------------------------------------------------- cross-backend load
@@ -760,3 +943,73 @@ def test_model_saved_here_loads_and_predicts_under_the_other_backends(rng, tmp_p
         for index, want in enumerate(expected):
             got = np.load(tmp_path / f"{other}_{index}.npy")
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=f"saved by {BACKEND}, loaded by {other}")
+
+
+# A compiled model's optimizer is saved under the class Keras made for the saving backend:
+# under torch `keras.src.backend.torch.optimizers.torch_adam.Adam`, which cannot be imported
+# where torch is not installed, so `load_model(path)` fails there. The subprocess hides the
+# saving backend's framework from every import finder, as if it were not installed
+# (`sys.modules[name] = None` is not enough: scipy and torch probe `sys.modules` and
+# `importlib.util.find_spec` for the frameworks they can hand arrays to).
+LOAD_WITHOUT_THE_SAVING_FRAMEWORK = """
+import sys
+directory, backend, hidden = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+class Hiding:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == hidden:
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, attribute):
+        return getattr(self.finder, attribute)
+
+
+sys.meta_path[:] = [Hiding(finder) for finder in sys.meta_path]
+import importlib.util
+assert importlib.util.find_spec(hidden) is None
+
+import numpy as np
+import keras
+import keras_stn  # registers the serialisable classes
+
+assert keras.config.backend() == backend, keras.config.backend()
+x, y = np.load(directory + "/x.npy"), np.load(directory + "/y.npy")
+model = keras.saving.load_model(directory + "/model.keras", compile=False)
+np.save(f"{directory}/{backend}.npy", keras.ops.convert_to_numpy(model.predict(x, verbose=0)))
+model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+model.fit(x, y, epochs=1, verbose=0)  # recompiled here, it trains (from a fresh optimizer state)
+assert hidden not in sys.modules, hidden
+"""
+
+
+@pytest.mark.slow
+def test_compiled_model_loads_under_another_backend_without_the_saving_framework(rng, tmp_path):
+    x = random_images(rng)
+    y = rng.integers(0, 3, size=BATCH)
+    model = classifier(out_dims=OUT, transform="attention")
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    fit_one_step(model, x, y)
+    expected = to_numpy(model.predict(x, verbose=0))
+    model.save(str(tmp_path / "model.keras"))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+
+    for other in sorted({"tensorflow", "jax", "torch"} - {BACKEND}):
+        pythonpath = os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])
+        env = dict(os.environ, KERAS_BACKEND=other, PYTHONPATH=pythonpath)
+        result = subprocess.run(
+            [sys.executable, "-c", LOAD_WITHOUT_THE_SAVING_FRAMEWORK, str(tmp_path), other, BACKEND],
+            env=env,
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, f"saved by {BACKEND}, loaded by {other}:\n{result.stderr[-3000:]}"
+        got = np.load(tmp_path / f"{other}.npy")
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=f"saved by {BACKEND}, loaded by {other}")

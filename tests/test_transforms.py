@@ -146,6 +146,66 @@ def test_get_unknown_lists_every_valid_name(identifier):
 
 
 @pytest.mark.parametrize(
+    "identifier, cls",
+    [
+        ("Affine", transforms.Affine),
+        ("ATTENTION", transforms.Attention),
+        (" translation ", transforms.Translation),
+        ("TPS", transforms.ThinPlateSpline),
+        ("thin_plate_spline", transforms.ThinPlateSpline),
+        ("Thin-Plate Spline", transforms.ThinPlateSpline),
+        ("homography", transforms.Projective),
+    ],
+)
+def test_names_are_case_insensitive_and_unambiguous_aliases_accepted(identifier, cls):
+    transform = transforms.get(identifier)
+    assert type(transform) is cls
+    assert transforms.serialize(transform) == transforms.serialize(cls())  # saved as if by its own name
+
+
+@pytest.mark.parametrize(
+    "identifier, suggestion",
+    [
+        ("afine", "affine"),
+        ("atention", "attention"),
+        ("tsp", "tps"),
+        ("thin_plate_splines", "tps"),
+        ("thinplate", "tps"),
+        ("projection", "projective"),
+        ("rotation", "similarity"),
+        ("rigid", "similarity"),
+        ("zoom", "attention"),
+    ],
+)
+def test_near_misses_suggest_the_closest_name(identifier, suggestion):
+    with pytest.raises(ValueError) as info:
+        transforms.get(identifier)
+    message = str(info.value)
+    assert f". Did you mean {suggestion!r}? Got" in message, message
+    assert message.startswith("`transform` must be one of") and message.endswith(f"Got transform={identifier!r}")
+    for name in NAMES:
+        assert repr(name) in message, message
+
+
+def test_unrelated_names_get_no_suggestion():
+    with pytest.raises(ValueError) as info:
+        transforms.get("foo")
+    assert "Did you mean" not in str(info.value)
+
+
+def test_3d_names_suggest_3d_transforms_only():
+    assert type(transforms.get("Affine", spatial_rank=3)) is transforms.Affine3D
+    with pytest.raises(ValueError, match=r"Did you mean 'attention'\? Got transform='atention'"):
+        transforms.get("atention", spatial_rank=3)
+    for name in ("tps", "thin_plate_spline", "Projective"):
+        with pytest.raises(ValueError) as info:
+            transforms.get(name, spatial_rank=3)
+        message = str(info.value)
+        assert "has no 3-D version" in message and "Did you mean" not in message, message
+        assert message.endswith(f"Got transform={name!r}"), message
+
+
+@pytest.mark.parametrize(
     "name, method", [(name, "grid") for name in NAMES] + [(name, "to_theta") for name in AFFINE_NAMES]
 )
 def test_wrong_params_shape_raises_naming_params(name, method):

@@ -728,6 +728,29 @@ def test_mixed_precision(policy, rng):
     np.testing.assert_allclose(to_numpy(ops.cast(resized, "float32")), expected, atol=atol)
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "bool"])
+def test_layer_casts_integer_volumes_to_the_compute_dtype(dtype, rng):
+    values = rng.integers(0, 2 if dtype == "bool" else 256, size=(BATCH, *IN_SIZE, 2))
+    volumes, floats = values.astype(dtype), values.astype("float32")
+    layer = keras_stn.SpatialTransformer3D(return_theta=True)
+    out, theta = layer(volumes)
+    assert dtype_of(out) == "float32" and dtype_of(theta) == "float32"
+    np.testing.assert_array_equal(to_numpy(out), floats)
+    sym_out, sym_theta = layer(keras.Input((*IN_SIZE, 2), dtype=dtype))
+    assert (sym_out.dtype, sym_theta.dtype) == (dtype_of(out), dtype_of(theta))
+
+    # Zoomed out by 2 with a random head kernel: the corners read the zero padding.
+    layer = keras_stn.SpatialTransformer3D(transform="attention", out_dims=OUT)
+    layer.build(volumes.shape)
+    layer.head.kernel.assign(rng.normal(scale=1e-3, size=tuple(layer.head.kernel.shape)).astype("float32"))
+    layer.head.bias.assign(np.array([2, 0, 0, 0], "float32"))
+    warped = to_numpy(layer(volumes))
+    assert warped.dtype == np.float32
+    np.testing.assert_array_equal(warped, to_numpy(layer(floats)))
+    np.testing.assert_array_equal(warped[:, 0, 0, 0], 0)
+    assert np.abs(warped).max() > 0
+
+
 @pytest.mark.parametrize(
     "name, value, error",
     [
@@ -756,6 +779,59 @@ def test_layer_rejects_inputs_of_the_wrong_rank():
         keras_stn.SpatialTransformer()(np.zeros((BATCH, *IN_SIZE, 2), "float32"))
     with pytest.raises(ValueError, match=r"`transform`.*spatial_rank=2. Got transform=Affine3D\(\)"):
         keras_stn.SpatialTransformer(transform=transforms.Affine3D())
+
+
+def test_layer_tells_a_single_volume_to_add_a_batch_axis():
+    volume = np.zeros((*IN_SIZE, 2), "float32")
+    with pytest.raises(ValueError) as info:
+        keras_stn.SpatialTransformer3D()(volume)
+    message = str(info.value)
+    assert message.startswith("`inputs` of SpatialTransformer3D must be a rank-5"), message
+    assert "(batch, depth, height, width, channels)" in message and "x[None]" in message, message
+    assert "use `SpatialTransformer`" in message, message  # or it was a batch of images
+    assert message.endswith(f"Got inputs with shape {volume.shape}"), message
+
+
+def built_3d(shape, **kwargs):
+    layer = keras_stn.SpatialTransformer3D(**kwargs)
+    layer.build((None, *shape))
+    return layer
+
+
+PAPER_NET_3D = ["MaxPooling3D", "Conv3D", "MaxPooling3D", "Conv3D", "Flatten", "Dense"]
+
+
+@pytest.mark.parametrize(
+    "shape, params", [((32, 32, 32, 1), 524042), ((16, 32, 32, 1), 268042), ((*IN_SIZE, 2), 16582)]
+)
+def test_default_localization_3d_is_unchanged_up_to_32_voxels(shape, params):
+    layer = built_3d(shape)
+    assert [type(sub).__name__ for sub in layer.localization.layers] == PAPER_NET_3D
+    assert layer.count_params() == params == built_3d(shape, localization_max_size=None).count_params()
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 64, 1), (128, 128, 128, 1), (33, 200, 32, 2)])
+def test_default_localization_3d_size_is_bounded_for_large_volumes(shape):
+    layer = built_3d(shape)
+    assert [type(sub).__name__ for sub in layer.localization.layers] == ["MaxPooling3D", *PAPER_NET_3D]
+    working = tuple(layer.localization.layers[0].compute_output_shape((None, *shape)))
+    assert max(working[1:4]) <= 32
+    assert layer.count_params() <= 524042 + 540 * (shape[-1] - 1) < 600_000
+    assert built_3d(shape, localization_max_size=None).count_params() > 2 * layer.count_params()
+
+
+def test_bounded_3d_localization_is_the_identity_and_round_trips(rng, tmp_path):
+    shape = (40, 6, 5, 2)  # pooled by 2 along the depth only
+    volumes = rng.random((2, *shape)).astype("float32")
+    inputs = keras.Input(shape)
+    model = keras.Model(inputs, keras_stn.SpatialTransformer3D(name="st")(inputs))
+    assert type(model.get_layer("st").localization.layers[0]).__name__ == "MaxPooling3D"
+    assert len(model.get_layer("st").localization.layers) == 7
+    np.testing.assert_array_equal(to_numpy(model(volumes)), volumes)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.get_layer("st").localization_max_size == 32
+    assert loaded.get_layer("st").count_params() == model.get_layer("st").count_params()
 
 
 def test_default_localization_3d_needs_static_sizes():

@@ -2,16 +2,32 @@
 
 import keras
 
+from keras_stn import _validation as v
 
-def default_localization(input_shape, data_format="channels_last", dtype=None, name="localization", units=50):
+# The largest size, per spatial axis, the default nets run the paper's layers at: larger inputs
+# are max-pooled down to it first. 64 keeps the paper's 28, 40 and 60 pixel inputs unpooled;
+# 32 keeps the 3-D net's dense layer at its 32x32x32 size (about 0.5M weights).
+MAX_SIZE_2D = 64
+MAX_SIZE_3D = 32
+
+
+def default_localization(
+    input_shape, data_format="channels_last", dtype=None, name="localization", units=50, max_size=MAX_SIZE_2D
+):
     """The small CNN used when `SpatialTransformer(localization=None)`.
 
-    Follows the paper's ST-CNN localization net: the input downsampled 2x, two 5x5 convolutions
-    with 20 filters each followed by 2x max-pooling, and a dense layer (50 units by default; the
-    paper's distorted-MNIST nets use 20). Pooling uses
-    "same" padding so even inputs of a few pixels work. Its flattened features grow with the
-    input area (about 60k weights for 28x28, 3M for 224x224): for large inputs pass a network of
-    your own to `SpatialTransformer(localization=...)`.
+    Follows the paper's ST-CNN localization net: 2x max-pooling, a 5x5 convolution with 20
+    filters, 2x max-pooling, another 5x5 convolution with 20 filters, then a dense layer on
+    the flattened features (50 units by default; the paper's distorted-MNIST nets use 20).
+    Pooling and convolutions use "same" padding, so even inputs of a few pixels work.
+
+    The dense layer sees `20 * ceil(H / 4) * ceil(W / 4)` features, which would grow with the
+    input area. So an input larger than `max_size` along an axis is first max-pooled by
+    `ceil(size / max_size)` along it (an extra first layer, "same" padding), which brings it to
+    at most `max_size` pixels there: with the default 64, inputs up to 64x64 (MNIST's 28, 40
+    and 60 pixels included) get exactly the paper's net (about 60k weights at 28x28, 236k at
+    60x60) and no input gets more than 16x16x20 features (about 270k weights at 512x512x3,
+    where the unbounded net had 16.4M). `max_size=None` removes the bound.
 
     Args:
         input_shape: the transformer's input shape, with or without the batch dimension.
@@ -19,26 +35,40 @@ def default_localization(input_shape, data_format="channels_last", dtype=None, n
         dtype: dtype policy of the layers (the transformer passes its own).
         name: name of the returned model.
         units: width of the final dense layer, i.e. of the features the head regresses from.
+        max_size: positive int (default 64), the largest height and width the paper's layers
+            run at; `None` for no bound.
 
     Returns:
         A `keras.Sequential` mapping `(B, *input_shape)` to `(B, units)`.
 
     Raises:
-        ValueError: when the height or width is not static (a dense layer needs to know them).
+        ValueError: when the height or width is not static (a dense layer needs to know them),
+            or `units` or `max_size` is not a positive integer.
+
+    Example:
+        >>> net = default_localization((512, 512, 3))
+        >>> [type(layer).__name__ for layer in net.layers][:2]  # ['MaxPooling2D', 'MaxPooling2D']
+        >>> net.compute_output_shape((None, 512, 512, 3))  # (None, 50)
     """
-    return convolutional_localization(2, 5, input_shape, data_format, dtype, name, units)
+    return convolutional_localization(2, 5, input_shape, data_format, dtype, name, units, max_size)
 
 
-def default_localization_3d(input_shape, data_format="channels_last", dtype=None, name="localization", units=50):
+def default_localization_3d(
+    input_shape, data_format="channels_last", dtype=None, name="localization", units=50, max_size=MAX_SIZE_3D
+):
     """The small 3-D CNN used when `SpatialTransformer3D(localization=None)`.
 
-    The volumetric counterpart of `default_localization`: the input downsampled 2x, two
-    convolutions with 20 filters each followed by 2x max-pooling, and a dense layer (50 units by
-    default). The kernels are 3x3x3 rather than 5x5x5, which keeps the cost per voxel near that
-    of the 2-D net's 5x5 (27 taps against 25, where 5x5x5 would be 125); the second convolution
-    still sees 16 input voxels across. Its flattened features grow with the input volume
-    (about 0.5M weights for 32x32x32): for large volumes pass a network of your own to
-    `SpatialTransformer3D(localization=...)`.
+    The volumetric counterpart of `default_localization`: 2x max-pooling, a convolution with 20
+    filters, 2x max-pooling, another convolution with 20 filters, then a dense layer on the
+    flattened features (50 units by default). The kernels are 3x3x3 rather than 5x5x5, which
+    keeps the cost per voxel near that of the 2-D net's 5x5 (27 taps against 25, where 5x5x5
+    would be 125); the second convolution still sees 16 input voxels across.
+
+    As in 2-D, a volume larger than `max_size` along an axis is first max-pooled by
+    `ceil(size / max_size)` along it, so the dense layer never sees more than 8x8x8x20
+    features with the default 32 (about 0.5M weights, the count at 32x32x32; the unbounded
+    net has 4.1M at 64x64x64). Volumes up to 32 voxels along every axis get the net unchanged;
+    `max_size=None` removes the bound.
 
     Args:
         input_shape: the transformer's input shape `(D, H, W, C)` or `(C, D, H, W)`, with or
@@ -47,25 +77,28 @@ def default_localization_3d(input_shape, data_format="channels_last", dtype=None
         dtype: dtype policy of the layers (the transformer passes its own).
         name: name of the returned model.
         units: width of the final dense layer, i.e. of the features the head regresses from.
+        max_size: positive int (default 32), the largest depth, height and width the net's
+            convolutions run at; `None` for no bound.
 
     Returns:
         A `keras.Sequential` mapping `(B, *input_shape)` to `(B, units)`.
 
     Raises:
         ValueError: when the depth, height or width is not static (a dense layer needs to
-            know them), or `units` is not a positive integer.
+            know them), or `units` or `max_size` is not a positive integer.
 
     Example:
         >>> net = default_localization_3d((16, 32, 32, 1))
         >>> net.compute_output_shape((None, 16, 32, 32, 1))  # (None, 50)
     """
-    return convolutional_localization(3, 3, input_shape, data_format, dtype, name, units)
+    return convolutional_localization(3, 3, input_shape, data_format, dtype, name, units, max_size)
 
 
-def convolutional_localization(rank, kernel_size, input_shape, data_format, dtype, name, units):
-    """pool, conv, pool, conv, flatten, dense: the default localization net for `rank` spatial axes."""
+def convolutional_localization(rank, kernel_size, input_shape, data_format, dtype, name, units, max_size):
+    """[pool to max_size,] pool, conv, pool, conv, flatten, dense: the default localization net."""
     if isinstance(units, bool) or not isinstance(units, int) or units < 1:
         raise ValueError(f"`units` must be a positive integer. Got units={units!r}")
+    max_size = v.check_optional_integer("max_size", max_size, minimum=1)
     shape = tuple(input_shape)[-(rank + 1) :]
     spatial = shape[:rank] if data_format == "channels_last" else shape[1:]
     if None in spatial:
@@ -78,14 +111,18 @@ def convolutional_localization(rank, kernel_size, input_shape, data_format, dtyp
     conv = {2: keras.layers.Conv2D, 3: keras.layers.Conv3D}[rank]
     pool = {2: keras.layers.MaxPooling2D, 3: keras.layers.MaxPooling3D}[rank]
     common = dict(data_format=data_format, dtype=dtype)
-    return keras.Sequential(
-        [
-            pool(2, padding="same", **common),
-            conv(20, kernel_size, padding="same", activation="relu", **common),
-            pool(2, padding="same", **common),
-            conv(20, kernel_size, padding="same", activation="relu", **common),
-            keras.layers.Flatten(**common),
-            keras.layers.Dense(units, activation="relu", dtype=dtype),
-        ],
-        name=name,
-    )
+    layers = [
+        pool(2, padding="same", **common),
+        conv(20, kernel_size, padding="same", activation="relu", **common),
+        pool(2, padding="same", **common),
+        conv(20, kernel_size, padding="same", activation="relu", **common),
+        keras.layers.Flatten(**common),
+        keras.layers.Dense(units, activation="relu", dtype=dtype),
+    ]
+    factors = tuple(1 if max_size is None else -(-size // max_size) for size in spatial)
+    if max(factors) > 1:
+        # Max rather than average pooling: with "same" padding it gives the same numbers on
+        # every backend (torch pads average pooling by replication, the others exclude the
+        # padding), so a model saved under one backend predicts the same under another.
+        layers.insert(0, pool(factors, padding="same", **common))
+    return keras.Sequential(layers, name=name)

@@ -10,7 +10,7 @@ import keras
 
 from keras_stn import _validation as v
 from keras_stn import transforms as transforms_lib
-from keras_stn.layers.localization import default_localization, default_localization_3d
+from keras_stn.layers.localization import MAX_SIZE_2D, MAX_SIZE_3D, default_localization, default_localization_3d
 
 
 class SpatialTransformerBase(keras.layers.Layer):
@@ -18,11 +18,13 @@ class SpatialTransformerBase(keras.layers.Layer):
 
     Subclasses set `spatial_rank` (2 or 3: the inputs have rank `spatial_rank + 2`), the
     `interpolations` they support and `default_localization`, the network built when
-    `localization=None`.
+    `localization=None`, with `default_localization_max_size` its working size for
+    `localization_max_size="auto"`.
     """
 
     spatial_rank = None
     interpolations = None
+    default_localization_max_size = None
 
     def __init__(
         self,
@@ -35,6 +37,7 @@ class SpatialTransformerBase(keras.layers.Layer):
         data_format=None,
         return_theta=False,
         localization_gradient_scale=1.0,
+        localization_max_size="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -54,6 +57,9 @@ class SpatialTransformerBase(keras.layers.Layer):
                 "`localization` must be a Keras layer or model (or None for the default CNN). "
                 f"Got localization={localization!r}"
             )
+        if isinstance(localization_max_size, str) and localization_max_size == "auto":
+            localization_max_size = self.default_localization_max_size
+        self.localization_max_size = v.check_optional_integer("localization_max_size", localization_max_size, 1)
         self.has_custom_localization = localization is not None
         self.localization = localization
         identity = self.transform.identity_params()
@@ -69,6 +75,38 @@ class SpatialTransformerBase(keras.layers.Layer):
     def default_localization(self, input_shape):
         """The network `build` creates when `localization=None`, for inputs of `input_shape`."""
         raise NotImplementedError
+
+    def __call__(self, inputs, *args, **kwargs):
+        # Checked before Keras's InputSpec, whose message ("expected ndim=4, found ndim=3")
+        # does not say what the commonest mistake, a single image without a batch axis, needs.
+        if hasattr(inputs, "shape"):
+            self.check_input_rank(tuple(inputs.shape))
+        return super().__call__(inputs, *args, **kwargs)
+
+    def check_input_rank(self, shape):
+        rank = self.spatial_rank + 2
+        if len(shape) == rank:
+            return
+        kind, axes = ("images", "height, width") if self.spatial_rank == 2 else ("volumes", "depth, height, width")
+        layout = f"(batch, {axes}, channels)" if self.data_format == "channels_last" else f"(batch, channels, {axes})"
+        hints = []
+        if len(shape) == rank - 1:
+            if shape[0] is not None:  # a symbolic batch axis rules out a single example
+                example = kind[:-1]
+                hints.append(
+                    f"for a single {example} add a batch axis, e.g. `x[None]` or `keras.ops.expand_dims(x, 0)`"
+                )
+            channel = "`x[..., None]`" if self.data_format == "channels_last" else "`x[:, None]`"
+            hints.append(f"for {kind} without channels add a channel axis, e.g. {channel}")
+        other_kind, other_layer = (
+            ("volumes", "SpatialTransformer3D") if self.spatial_rank == 2 else ("images", "SpatialTransformer")
+        )
+        if len(shape) == (5 if self.spatial_rank == 2 else 4):
+            hints.append(f"for a batch of {other_kind} use `{other_layer}`")
+        raise ValueError(
+            f"`inputs` of {type(self).__name__} must be a rank-{rank} batch of {kind} {layout}"
+            f"{''.join(f'; {hint}' for hint in hints)}. Got inputs with shape {shape}"
+        )
 
     def spatial_dims(self, shape):
         first = 1 if self.data_format == "channels_last" else 2
@@ -87,7 +125,20 @@ class SpatialTransformerBase(keras.layers.Layer):
             )
         self.head.build(features_shape)
 
+    def images_dtype(self, dtype):
+        """The dtype the layer samples images of `dtype` in (and returns): integer and bool
+        images are cast to the compute dtype, as Keras's image preprocessing layers do;
+        floating ones arrive already autocast by `Layer.__call__`."""
+        dtype = keras.backend.standardize_dtype(dtype)
+        return dtype if keras.backend.is_float_dtype(dtype) else self.compute_dtype
+
     def call(self, inputs):
+        # The low-level samplers reject integer images (interpolating and rounding back would
+        # lose values silently); the layer's output is a float feature map, so cast up front,
+        # before the localization net sees them.
+        dtype = self.images_dtype(inputs.dtype)
+        if keras.backend.standardize_dtype(inputs.dtype) != dtype:
+            inputs = keras.ops.cast(inputs, dtype)
         theta = scale_gradient(self.head(self.localization(inputs)), self.localization_gradient_scale)
         outputs = self.transform.warp(
             inputs,
@@ -111,6 +162,15 @@ class SpatialTransformerBase(keras.layers.Layer):
             return shape, (batch, self.transform.num_params)
         return shape
 
+    def compute_output_spec(self, inputs):
+        # Keras's default gives every output the compute dtype; theta is float32 (the head's
+        # dtype) even under a mixed policy.
+        shape = self.compute_output_shape(inputs.shape)
+        if not self.return_theta:
+            return keras.KerasTensor(shape, dtype=self.images_dtype(inputs.dtype))
+        outputs = keras.KerasTensor(shape[0], dtype=self.images_dtype(inputs.dtype))
+        return outputs, keras.KerasTensor(shape[1], dtype=self.head.compute_dtype)
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -126,6 +186,7 @@ class SpatialTransformerBase(keras.layers.Layer):
                 "data_format": self.data_format,
                 "return_theta": self.return_theta,
                 "localization_gradient_scale": self.localization_gradient_scale,
+                "localization_max_size": self.localization_max_size,
             }
         )
         return config
@@ -137,6 +198,9 @@ class SpatialTransformerBase(keras.layers.Layer):
         config = copy.deepcopy(config)
         if isinstance(config.get("localization"), dict):
             config["localization"] = keras.saving.deserialize_keras_object(config["localization"])
+        # Configs saved before the default localization net had a working size describe the
+        # unbounded net, whose weights their files hold.
+        config.setdefault("localization_max_size", None)
         if config.get("out_dims") is not None:
             config["out_dims"] = tuple(config["out_dims"])
         return cls(**config)
@@ -163,13 +227,18 @@ class SpatialTransformer(SpatialTransformerBase):
 
     The head and the grid are computed in float32 even under a mixed-precision policy: pixel
     coordinates need more than half precision. The sampled output has the layer's compute
-    dtype.
+    dtype. Integer and bool images (e.g. uint8) are cast to the compute dtype first, as Keras's
+    image preprocessing layers do, so `uint8` images give the same output as float32 images
+    of the same values (not rescaled: divide by 255 yourself if the model expects `[0, 1]`);
+    the functions in `keras_stn.ops` keep rejecting integer images.
 
     Args:
         out_dims: output `(height, width)`; `None` keeps the input's.
         transform: `"affine"` (default), `"attention"`, `"translation"`, `"similarity"`,
             `"projective"`, `"tps"` (thin-plate spline, 3x3 control points), or a
             `keras_stn.transforms.Transform` instance such as `ThinPlateSpline(grid_size=4)`.
+            Names are case-insensitive; `"thin_plate_spline"` and `"homography"` are accepted
+            for `"tps"` and `"projective"` (see `keras_stn.transforms.get`).
         localization: a Keras layer or model mapping the input to a `(B, features)` tensor;
             `None` builds `keras_stn.layers.default_localization` for the input shape.
         interpolation: `"bilinear"` (default), `"nearest"` or `"bicubic"`.
@@ -181,15 +250,24 @@ class SpatialTransformer(SpatialTransformerBase):
             regressed `(B, transform.num_params)` parameters of the same forward pass (for
             `"affine"`, the row-major `(B, 6)` matrix; `layer.transform.to_theta(theta)` gives
             the `(B, 2, 3)` matrix of any affine-family transform). Use it to plot what the
-            transformer does or to put a loss on the transform.
+            transformer does or to put a loss on the transform. Without it the layer returns
+            one tensor, so `out, theta = layer(x)` unpacks the batch: an error for most batch
+            sizes, but with a batch of 2 silently the two warped images.
         localization_gradient_scale: positive float (default 1) multiplying the gradient that
             flows from the transform into the head and the localization net. With plain SGD
             (or momentum) this is a learning-rate multiplier for them, as the paper trains its
             localization nets at a lower rate; adaptive optimizers such as Adam largely cancel
             a constant scale. The forward pass is unchanged, bit for bit.
+        localization_max_size: the largest height and width the default localization net
+            runs the paper's layers at: `"auto"` (default) for 64, a positive int, or `None`
+            for no bound. Larger inputs are max-pooled down to it first, so the net's dense
+            layer stays bounded (about 270k weights at most, against 16.4M unbounded at
+            512x512x3); inputs up to 64x64 get the paper's net unchanged. See
+            `keras_stn.layers.default_localization`. Not used with a custom `localization`.
         **kwargs: standard layer arguments (`name`, `dtype`, ...).
 
-    Input shape: `(B, H, W, C)` (channels_last) or `(B, C, H, W)` (channels_first).
+    Input shape: `(B, H, W, C)` (channels_last) or `(B, C, H, W)` (channels_first); a single
+    image needs a batch axis first (`x[None]`).
     Output shape: `(B, out_H, out_W, C)` or `(B, C, out_H, out_W)`.
 
     Example:
@@ -201,8 +279,12 @@ class SpatialTransformer(SpatialTransformerBase):
     spatial_rank = 2
     interpolations = v.INTERPOLATIONS
 
+    default_localization_max_size = MAX_SIZE_2D
+
     def default_localization(self, input_shape):
-        return default_localization(input_shape, self.data_format, dtype=self.dtype_policy)
+        return default_localization(
+            input_shape, self.data_format, dtype=self.dtype_policy, max_size=self.localization_max_size
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_stn")
@@ -216,7 +298,7 @@ class SpatialTransformer3D(SpatialTransformerBase):
     theta `(3, 4)` maps output `(x, y, z)` to input `(x, y, z)` in `[-1, 1]`, `z` along the
     depth, the same numbers as PyTorch's 5-D `affine_grid` / `grid_sample`. The head and the
     grid are computed in float32 even under a mixed-precision policy; the sampled output has
-    the layer's compute dtype.
+    the layer's compute dtype, and integer or bool volumes are cast to it first.
 
     Args:
         out_dims: output `(depth, height, width)`; `None` keeps the input's.
@@ -236,6 +318,9 @@ class SpatialTransformer3D(SpatialTransformerBase):
             (`layer.transform.to_theta(theta)` gives the `(B, 3, 4)` matrix).
         localization_gradient_scale: as for `SpatialTransformer`: multiplies the gradient
             into the head and the localization net (a learning-rate multiplier under SGD).
+        localization_max_size: as for `SpatialTransformer`, with `"auto"` meaning 32: volumes
+            larger along an axis are max-pooled down to it before the default localization
+            net (`keras_stn.layers.default_localization_3d`); `None` for no bound.
         **kwargs: standard layer arguments (`name`, `dtype`, ...).
 
     Input shape: `(B, D, H, W, C)` (channels_last) or `(B, C, D, H, W)` (channels_first).
@@ -250,5 +335,9 @@ class SpatialTransformer3D(SpatialTransformerBase):
     spatial_rank = 3
     interpolations = v.VOLUME_INTERPOLATIONS
 
+    default_localization_max_size = MAX_SIZE_3D
+
     def default_localization(self, input_shape):
-        return default_localization_3d(input_shape, self.data_format, dtype=self.dtype_policy)
+        return default_localization_3d(
+            input_shape, self.data_format, dtype=self.dtype_policy, max_size=self.localization_max_size
+        )
