@@ -211,6 +211,7 @@ def test_epoch_logger_keeps_keras_async_dispatch(tracking_dir, rng):
     images = rng.random((16, 28, 28, 1)).astype("float32")
     labels = rng.integers(0, 10, 16)
     logger = tracking.EpochLogger("none", images[:4], epochs=2)
+    mlflow.set_experiment("epoch-logger")  # an experiment of this store, not one an earlier test made active
     with mlflow.start_run():
         model.fit(
             images, labels, batch_size=8, epochs=2, validation_data=(images, labels), callbacks=[logger], verbose=0
