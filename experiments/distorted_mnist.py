@@ -18,6 +18,7 @@ the paper's rather than the absolute errors.
 """
 
 import argparse
+import contextlib
 import csv
 import io
 import os
@@ -119,8 +120,21 @@ def parse_args(argv=None):
         help=f"smoke test: {QUICK['num_train']} training digits ({QUICK['validation']} held out), "
         f"{QUICK['num_test']} test digits, {QUICK['epochs']} epoch, batch {QUICK['batch_size']}",
     )
+    parser.add_argument(
+        "--distribute",
+        action="store_true",
+        help="train data parallel over every visible device of the backend: jax with Keras's DataParallel, "
+        "tensorflow with MirroredStrategy (the batch size is the global one); torch needs one process per "
+        "device (DistributedDataParallel, README 'Multiple devices') and rejects the flag",
+    )
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2, help="Keras fit verbosity")
     args = parser.parse_args(argv)
+    if args.distribute and keras.config.backend() == "torch":
+        parser.error(
+            "--distribute is not available on the torch backend: Keras's fit runs one process, and torch "
+            "trains on several devices with one process per device (DistributedDataParallel; see the README's "
+            "'Multiple devices')"
+        )
     if len(set(args.transforms)) != len(args.transforms):
         parser.error(f"--transforms lists an arm twice: {args.transforms}")
     if args.quick:
@@ -141,8 +155,25 @@ def load_splits(args):
     }
 
 
+def data_parallel(distribute):
+    """The context the model is built, trained and evaluated in: data parallel over every visible
+    device of the backend with `--distribute`, else the default (one device)."""
+    if not distribute:
+        return contextlib.nullcontext()
+    if keras.config.backend() == "jax":
+        return keras.distribution.DataParallel(devices=keras.distribution.list_devices()).scope()
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy().scope()
+
+
 def train_arm(transform, splits, args):
     """Trains one arm inside the active (child) MLflow run; returns its row of the comparison."""
+    with data_parallel(args.distribute):
+        return train_arm_on_devices(transform, splits, args)
+
+
+def train_arm_on_devices(transform, splits, args):
     keras.utils.set_random_seed(args.seed)
     x_train, y_train = splits["train"]
     model = build_model(transform, x_train.shape[1:])
@@ -233,6 +264,7 @@ def run(args):
             "lr": args.lr,
             "seed": args.seed,
             "quick": args.quick,
+            "distribute": args.distribute,
             **environment,
         }
         mlflow.log_params({**common, "transforms": " ".join(args.transforms)})

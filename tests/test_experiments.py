@@ -105,7 +105,7 @@ def test_help_explains_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--distortion", "--transforms", "--epochs", "--batch-size", "--lr", "--seed", "--data"):
         assert flag in text
-    for flag in ("--experiment-name", "--quick", "--cache-dir", "--results-dir"):
+    for flag in ("--experiment-name", "--quick", "--cache-dir", "--results-dir", "--distribute"):
         assert flag in text
     assert "cluttered" in text and "attention" in text
 
@@ -125,6 +125,14 @@ def test_bad_flags_exit_with_a_message(argv, message, capsys):
         distorted_mnist.parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="--distribute runs in one process on jax and tensorflow")
+def test_distribute_on_torch_points_to_distributed_data_parallel(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        distorted_mnist.parse_args(["--distribute"])
+    assert exit_info.value.code == 2
+    assert "DistributedDataParallel" in capsys.readouterr().err
 
 
 def test_quick_overrides_epochs_and_batch_size():
@@ -150,12 +158,15 @@ def test_quick_run_records_runs_params_metrics_models_and_figures(tracking_dir, 
     argv = ["--quick", "--distortion", "rts", "--transforms", "none", "affine", "--data", synthetic_mnist]
     argv += ["--cache-dir", str(tracking_dir / "cache"), "--results-dir", str(tracking_dir / "results")]
     argv += ["--experiment-name", "smoke", "--verbose", "0"]
+    distribute = BACKEND != "torch"  # data parallel over the one CPU device: the same code path as over many
+    argv += ["--distribute"] if distribute else []
     parent_id, rows = distorted_mnist.run(distorted_mnist.parse_args(argv))
 
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_id)
     assert parent.data.params["distortion"] == "rts" and parent.data.params["backend"] == BACKEND
     assert parent.data.params["transforms"] == "none affine"
+    assert parent.data.params["distribute"] == str(distribute)
     parent_artifacts = {artifact.path for artifact in client.list_artifacts(parent_id)}
     assert {"comparison.csv", "comparison.md", "learning_curves.png"} <= parent_artifacts
     table = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/comparison.md")

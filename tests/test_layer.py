@@ -478,25 +478,32 @@ def test_keras_file_round_trip_of_a_bounded_localization(rng, tmp_path):
     np.testing.assert_array_equal(to_numpy(loaded.predict(x, verbose=0)), to_numpy(model.predict(x, verbose=0)))
 
 
-def test_keras_file_saved_before_the_bound_loads_its_unbounded_net(rng, tmp_path):
-    """A file whose layer config has no `localization_max_size` was saved when the default net
-    had no bound: it loads with that net, whose weights it holds."""
-    shape = (72, 72, 1)
-    x = rng.random((2, *shape)).astype("float32")
-    model = classifier(shape, out_dims=OUT, localization_max_size=None)
+def saved_without_config_keys(model, keys, tmp_path):
+    """Saves `model` and returns the path of a copy whose "st" layer config lacks `keys`: a file
+    saved before those options existed."""
     path = tmp_path / "model.keras"
     model.save(path)
     with zipfile.ZipFile(path) as archive:
         entries = {name: archive.read(name) for name in archive.namelist()}
     config = json.loads(entries["config.json"])
     layer_config = next(layer["config"] for layer in config["config"]["layers"] if layer["config"]["name"] == "st")
-    del layer_config["localization_max_size"]
+    for key in keys:
+        del layer_config[key]
     entries["config.json"] = json.dumps(config).encode()
     older = tmp_path / "older.keras"
     with zipfile.ZipFile(older, "w") as archive:
         for name, data in entries.items():
             archive.writestr(name, data)
-    loaded = keras.models.load_model(older)
+    return older
+
+
+def test_keras_file_saved_before_the_bound_loads_its_unbounded_net(rng, tmp_path):
+    """A file whose layer config has no `localization_max_size` was saved when the default net
+    had no bound: it loads with that net, whose weights it holds."""
+    shape = (72, 72, 1)
+    x = rng.random((2, *shape)).astype("float32")
+    model = classifier(shape, out_dims=OUT, localization_max_size=None)
+    loaded = keras.models.load_model(saved_without_config_keys(model, ["localization_max_size"], tmp_path))
     restored = loaded.get_layer("st")
     assert restored.localization_max_size is None and layer_types(restored) == PAPER_NET
     assert restored.count_params() == model.get_layer("st").count_params()
@@ -632,23 +639,9 @@ def test_keras_file_from_an_older_config_loads(rng, tmp_path):
     model = classifier(out_dims=OUT)
     compile_sgd(model)
     fit_one_step(model, x, rng.integers(0, 3, size=BATCH))
-    path = tmp_path / "model.keras"
-    model.save(path)
     optional = ("transform", "localization", "interpolation", "padding_mode", "align_corners", "data_format")
     optional += ("return_theta", "localization_gradient_scale")
-    with zipfile.ZipFile(path) as archive:
-        entries = {name: archive.read(name) for name in archive.namelist()}
-    config = json.loads(entries["config.json"])
-    layer_config = next(layer["config"] for layer in config["config"]["layers"] if layer["config"]["name"] == "st")
-    for key in optional:
-        del layer_config[key]
-    entries["config.json"] = json.dumps(config).encode()
-    older = tmp_path / "older.keras"
-    with zipfile.ZipFile(older, "w") as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-
-    loaded = keras.models.load_model(older)
+    loaded = keras.models.load_model(saved_without_config_keys(model, optional, tmp_path))
     restored = loaded.get_layer("st")
     assert restored.transform == transforms.Affine() and restored.out_dims == OUT
     assert (restored.interpolation, restored.padding_mode, restored.align_corners) == ("bilinear", "zeros", False)
@@ -911,6 +904,14 @@ for index, output in enumerate(outputs):
 """
 
 
+def run_under(backend, script, *args):
+    """Runs `script` with `args` in a Python process under `backend`, with this checkout importable."""
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], env=env, capture_output=True, check=False, text=True, timeout=300
+    )
+
+
 @pytest.mark.slow
 def test_model_saved_here_loads_and_predicts_under_the_other_backends(rng, tmp_path):
     x = random_images(rng)
@@ -929,16 +930,7 @@ def test_model_saved_here_loads_and_predicts_under_the_other_backends(rng, tmp_p
     np.save(tmp_path / "x.npy", x)
 
     for other in sorted({"tensorflow", "jax", "torch"} - {BACKEND}):
-        pythonpath = os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])
-        env = dict(os.environ, KERAS_BACKEND=other, PYTHONPATH=pythonpath)
-        result = subprocess.run(
-            [sys.executable, "-c", LOAD_AND_PREDICT, str(tmp_path), other],
-            env=env,
-            capture_output=True,
-            check=False,
-            text=True,
-            timeout=300,
-        )
+        result = run_under(other, LOAD_AND_PREDICT, str(tmp_path), other)
         assert result.returncode == 0, f"{other}:\n{result.stderr[-3000:]}"
         for index, want in enumerate(expected):
             got = np.load(tmp_path / f"{other}_{index}.npy")
@@ -1000,16 +992,7 @@ def test_compiled_model_loads_under_another_backend_without_the_saving_framework
     np.save(tmp_path / "y.npy", y)
 
     for other in sorted({"tensorflow", "jax", "torch"} - {BACKEND}):
-        pythonpath = os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])
-        env = dict(os.environ, KERAS_BACKEND=other, PYTHONPATH=pythonpath)
-        result = subprocess.run(
-            [sys.executable, "-c", LOAD_WITHOUT_THE_SAVING_FRAMEWORK, str(tmp_path), other, BACKEND],
-            env=env,
-            capture_output=True,
-            check=False,
-            text=True,
-            timeout=300,
-        )
+        result = run_under(other, LOAD_WITHOUT_THE_SAVING_FRAMEWORK, str(tmp_path), other, BACKEND)
         assert result.returncode == 0, f"saved by {BACKEND}, loaded by {other}:\n{result.stderr[-3000:]}"
         got = np.load(tmp_path / f"{other}.npy")
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=f"saved by {BACKEND}, loaded by {other}")

@@ -287,3 +287,26 @@ def test_tps_constants_are_made_once_per_dtype_and_device():
     first, second = tps.solver_tensors(3, "float32", like), tps.solver_tensors(3, "float32", like)
     assert all(a is b for a, b in zip(first, second))
     assert tps.solver_tensors(3, "float64", like)[1].dtype != first[1].dtype
+
+
+@torch_only
+def test_the_portable_sampler_trains_under_deterministic_algorithms(rng):
+    """PyTorch's CUDA grid_sample backward has no deterministic implementation; the way out
+    is `KERAS_STN_NATIVE=0`, whose ops must all run under `use_deterministic_algorithms`."""
+    import torch
+
+    images = rng.random((2, 6, 6, 2)).astype("float32")
+    theta = random_theta(rng, 2, (6, 6), (5, 4), False)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with native.switched(False):
+            for interpolation in INTERPOLATIONS:
+
+                def loss(x, t, interpolation=interpolation):
+                    return keras.ops.sum(affine_sample(x, t, (5, 4), interpolation, "reflection"))
+
+                _, grads = value_and_grad(loss, images, theta)
+                assert all(np.isfinite(g).all() for g in grads)
+    finally:
+        torch.use_deterministic_algorithms(previous)

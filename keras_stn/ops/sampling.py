@@ -136,7 +136,8 @@ def gather_pixels(pixels, rows):
     partitioner all-gather the whole batch and all-reduce its gradient), and no index grows with
     the batch. Under JAX the gather is vmapped per image, in `take`'s "clip" mode: the rows are
     in range already, and the default "fill" mode's bounds handling measured up to 4x slower
-    forward on CPU (`benchmarks/sampler.py`). TensorFlow has the batched gather itself.
+    forward on CPU (`benchmarks/sampler.py`). TensorFlow has the batched gather itself
+    (`keras.ops.take_along_axis` would broadcast the indices over the channels there).
     """
     backend = keras.config.backend()
     if backend == "jax":
