@@ -155,6 +155,15 @@ def load_splits(args):
     }
 
 
+def inference_copy(model):
+    """The trained model without its optimizer, for logging: a model saved compiled under torch
+    stores a torch-only optimizer class and fails to load where torch is not installed, whereas
+    an uncompiled one loads under every backend (compile it again there to train on)."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def data_parallel(distribute):
     """The context the model is built, trained and evaluated in: data parallel over every visible
     device of the backend with `--distribute`, else the default (one device)."""
@@ -202,7 +211,9 @@ def train_arm_on_devices(transform, splits, args):
     test_error = 100.0 * (1.0 - test_accuracy)
     mlflow.log_metrics({"test_error": test_error, "test_accuracy": test_accuracy, "train_seconds": train_seconds})
     signature = mlflow.models.infer_signature(x_test[:2], model.predict(x_test[:2], verbose=0))
-    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=pip_requirements())
+    mlflow.keras.log_model(
+        inference_copy(model), name="model", signature=signature, pip_requirements=pip_requirements()
+    )
     environment = environment_params()
     row = {
         "transform": transform,

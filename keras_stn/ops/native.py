@@ -73,11 +73,13 @@ def from_channels_first(output, data_format):
     return output.permute(sampling.channels_last_axes(output.dim()))
 
 
-def sample(images, grid, interpolation, padding_mode, align_corners, data_format, work):
+def sample(images, grid, interpolation, padding_mode, align_corners, data_format, work, exact=None):
     """`torch.nn.functional.grid_sample` on validated torch tensors, under the library's rules.
 
     `work` is the dtype coordinates and weights are computed in (see `sampling.working_dtype`);
-    images and grid are cast to it and the result back to the images' dtype. The rules are
+    images and grid are cast to it and the result back to the images' dtype. `exact`, a
+    `(B, 1, ..., 1)` bool tensor, marks the images whose output is their input bit for bit (with
+    the kernel's gradient): those of an exact identity theta. The rules are
     tensor operations on every call, with no branch on values: a graph without breaks for
     `torch.compile` and no device sync on CUDA.
     """
@@ -97,6 +99,10 @@ def sample(images, grid, interpolation, padding_mode, align_corners, data_format
         safe = torch.where(finite.unsqueeze(-1), grid.clamp(-bound, bound), 0.0)
         output = F.grid_sample(source, safe, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
         output = torch.where(finite.unsqueeze(1), output, 0.0)
+    if exact is not None:
+        # In the kernel's layout, where the output is contiguous: about twice as fast as in the
+        # permuted channels-last view for many channels.
+        output = ExactWhere.apply(exact, source.detach(), output)
     return from_channels_first(output, data_format).to(images.dtype)
 
 
@@ -116,16 +122,15 @@ def affine_sample(images, theta, size, interpolation, padding_mode, align_corner
     else:
         # The grid does not depend on the channels; affine_grid rejects a size with none.
         grid = F.affine_grid(theta, (theta.shape[0], 1, *size), align_corners=align_corners)
-    output = sample(images, grid, interpolation, padding_mode, align_corners, data_format, work)
-    if size != in_size:
-        return output
-    # PyTorch's kernel reads an identity warp's pixels at coordinates a rounding away from
-    # whole pixels. Where theta is exactly the identity the images are returned bit for bit, as
-    # on the portable path, with the kernel's gradients (which are the identity's, to rounding).
-    rows = theta.shape[1]
-    identity = torch.eye(rows, rows + 1, dtype=dtype, device=theta.device)
-    exact = (theta.detach() == identity).flatten(1).all(dim=1)
-    return ExactWhere.apply(exact.view(-1, *([1] * (images.dim() - 1))), images.detach(), output)
+    exact = None
+    if size == in_size:
+        # PyTorch's kernel reads an identity warp's pixels at coordinates a rounding away from
+        # whole pixels. Where theta is exactly the identity the images are returned bit for bit,
+        # as on the portable path, with the kernel's gradients (the identity's, to rounding).
+        rows = theta.shape[1]
+        identity = torch.eye(rows, rows + 1, dtype=dtype, device=theta.device)
+        exact = (theta.detach() == identity).flatten(1).all(dim=1).view(-1, *([1] * (images.dim() - 1)))
+    return sample(images, grid, interpolation, padding_mode, align_corners, data_format, work, exact)
 
 
 if keras.config.backend() == "torch":

@@ -136,8 +136,7 @@ def gather_pixels(pixels, rows):
     partitioner all-gather the whole batch and all-reduce its gradient), and no index grows with
     the batch. Under JAX the gather is vmapped per image, in `take`'s "clip" mode: the rows are
     in range already, and the default "fill" mode's bounds handling measured up to 4x slower
-    forward on CPU (`benchmarks/sampler.py`). TensorFlow has the batched gather itself
-    (`keras.ops.take_along_axis` would broadcast the indices over the channels there).
+    forward on CPU (`benchmarks/sampler.py`).
     """
     backend = keras.config.backend()
     if backend == "jax":
@@ -148,6 +147,9 @@ def gather_pixels(pixels, rows):
     if backend == "tensorflow":
         import tensorflow as tf
 
+        # As fast as gathering from the flattened batch under TensorFlow's XLA (interleaved in one
+        # process, CPU, forward+backward: large 29.0 vs 28.8 ms, channels 41.8 vs 42.4 ms);
+        # `keras.ops.take_along_axis` would broadcast the indices over the channels here.
         return tf.gather(pixels, rows, axis=1, batch_dims=1)
     batch, *out = ops.shape(rows)
     count = 1
