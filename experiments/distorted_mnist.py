@@ -159,7 +159,7 @@ def inference_copy(model):
     """The trained model without its optimizer, for logging: a model saved compiled under torch
     stores a torch-only optimizer class and fails to load where torch is not installed, whereas
     an uncompiled one loads under every backend (compile it again there to train on)."""
-    copy = keras.models.clone_model(model)
+    copy = type(model).from_config(model.get_config())  # the architecture alone (clone_model keeps the compile)
     copy.set_weights(model.get_weights())
     return copy
 
