@@ -83,7 +83,7 @@ import numpy as np
 from keras import ops
 sys.path.insert(0, {tests!r})
 from helpers import value_and_grad
-from keras_stn.ops import affine_sample
+from keras_stn.ops import affine_grid, affine_sample, grid_sample
 
 rng = np.random.default_rng(8)
 images = rng.uniform(0, 1, (2, 8, 8, 3)).astype("float32")
@@ -95,8 +95,13 @@ for padding_mode in ("zeros", "border", "reflection"):
         def loss(images, theta):
             return ops.sum(affine_sample(images, theta, None, "bilinear", padding_mode, align_corners) * weights)
 
+        def grid_loss(grid):
+            return ops.sum(grid_sample(images, grid, "bilinear", padding_mode, align_corners) * weights)
+
         _, (d_images, d_theta) = value_and_grad(loss, images, theta)
-        results[f"{{padding_mode}}-{{align_corners}}"] = [d_theta.ravel().tolist(), d_images.ravel().tolist()]
+        grid = ops.convert_to_numpy(affine_grid(theta, (8, 8), align_corners))
+        _, (d_grid,) = value_and_grad(grid_loss, grid)
+        results[f"{{padding_mode}}-{{align_corners}}"] = [g.ravel().tolist() for g in (d_theta, d_images, d_grid)]
 print(json.dumps(results))
 """
 
@@ -118,14 +123,16 @@ def identity_gradients(backend):
 @pytest.mark.slow
 def test_gradients_at_the_identity_agree_across_backends():
     """Training starts at the identity, which puts the edge pixels exactly on the border:
-    the first step must be the same on every backend. Image gradients are bit for bit the
-    same; theta's sum over every pixel, in each framework's own order, agrees to float32
-    rounding (before, border padding gave tensorflow `[-1.26, 1.84, ...]`, jax `[0.32, ...]`)."""
+    the first step must be the same on every backend. Bilinear gradients with respect to the
+    images and the grid are bit for bit the same; theta's, a sum over every pixel in each
+    framework's own order, agree to float32 rounding (before, border padding gave tensorflow
+    `[-1.26, 1.84, ...]`, jax `[0.32, ...]`)."""
     results = {backend: identity_gradients(backend) for backend in ("jax", "tensorflow", "torch")}
     reference = results.pop("jax")
     for backend, result in results.items():
-        for case, (d_theta, d_images) in result.items():
+        for case, (d_theta, d_images, d_grid) in result.items():
             np.testing.assert_array_equal(d_images, reference[case][1], err_msg=f"{backend} {case}")
+            np.testing.assert_array_equal(d_grid, reference[case][2], err_msg=f"{backend} {case}")
             np.testing.assert_allclose(d_theta, reference[case][0], rtol=2e-6, atol=2e-5, err_msg=f"{backend} {case}")
             assert np.abs(d_theta).max() > 1, "the comparison is not between zeros"
 
