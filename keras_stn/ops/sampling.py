@@ -1,5 +1,7 @@
 """Differentiable sampling of images (and volumes) at arbitrary (normalised) grid coordinates."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -152,10 +154,7 @@ def gather_pixels(pixels, rows):
         # `keras.ops.take_along_axis` would broadcast the indices over the channels here.
         return tf.gather(pixels, rows, axis=1, batch_dims=1)
     batch, *out = ops.shape(rows)
-    count = 1
-    for size in out:
-        count = count * size
-    flat = ops.reshape(rows, (batch, count, 1))
+    flat = ops.reshape(rows, (batch, math.prod(out), 1))
     return ops.reshape(ops.take_along_axis(pixels, flat, axis=1), (batch, *out, ops.shape(pixels)[-1]))
 
 
@@ -189,9 +188,7 @@ def check_pixel_count(images_shape, data_format):
     spatial = images_shape[1:-1] if data_format == "channels_last" else images_shape[2:]
     if None in spatial:
         return
-    count = 1
-    for size in spatial:
-        count *= int(size)
+    count = math.prod(int(size) for size in spatial)
     if count > MAX_PIXELS_PER_IMAGE:
         raise ValueError(
             f"`images` must have at most 2**31 = {MAX_PIXELS_PER_IMAGE} pixels per image for the portable "
@@ -235,10 +232,7 @@ def sample_pixels(images, coordinates, interpolation, padding_mode, align_corner
     # Gathering whole pixels (rows of each image's (H*W, C) view) keeps the index tensors at the
     # size of the grid instead of the size of the output times C. The shape is spelled out, not
     # inferred with -1, so that zero channels (or an empty batch) reshape too.
-    volume = 1
-    for size in spatial:
-        volume = volume * size
-    pixels = ops.reshape(images, (batch, volume, channels))
+    pixels = ops.reshape(images, (batch, math.prod(spatial), channels))
     strides = [None]  # per coordinate, x first: 1, W, H * W
     for size in reversed(spatial[1:]):
         strides.append(size if strides[-1] is None else strides[-1] * size)
