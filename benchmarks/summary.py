@@ -18,10 +18,11 @@ from benchmarks.sampler import RESULTS
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="which results: cpu or gpu")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="which results")
+    parser.add_argument("--results-dir", default=RESULTS, help="where the results are read from")
     args = parser.parse_args()
     columns, cases, cells, shapes, notes = [], [], {}, {}, []
-    for path in sorted(glob.glob(os.path.join(RESULTS, f"sampler_*_{args.device}*.json"))):
+    for path in sorted(glob.glob(os.path.join(args.results_dir, f"sampler_*_{args.device}*.json"))):
         with open(path) as f:
             result = json.load(f)
         backend = result["meta"]["backend"]

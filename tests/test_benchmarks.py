@@ -2,9 +2,19 @@
 of the current backend, and write results that the summary reads back."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch import device as torch_device
 
 from benchmarks import sampler, summary
 from helpers import BACKEND
+
+REPO = Path(__file__).resolve().parents[1]
 
 IMPLEMENTATIONS = {"jax": {"jit", "map_coordinates"}, "tensorflow": {"xla"}, "torch": {"native", "portable"}}
 
@@ -81,3 +91,109 @@ def test_tagged_run_records_compiler_settings_and_gets_its_own_columns(monkeypat
     header = capsys.readouterr().out.splitlines()[0]
     for name in IMPLEMENTATIONS[BACKEND]:
         assert f"| {BACKEND} {name} |" in header and f"| {BACKEND} flagged {name} |" in header
+
+
+def test_results_are_named_after_the_backends_own_device(monkeypatch, tmp_path, capsys):
+    """A GPU run of JAX or TensorFlow is a GPU run even when PyTorch is the CPU build: the label
+    comes from the backend, and the CPU results are left alone."""
+    monkeypatch.setattr(sampler, "backend_device", lambda: ("gpu", "Some GPU 80GB"))
+    monkeypatch.setattr(sampler, "reference_device", lambda kind, name: torch_device("cpu"))
+    monkeypatch.setitem(sampler.WORKLOADS, "tiny", (2, 6, 5, 2, 4, 7))
+    argv = ["sampler", "--cases", "tiny", "--repeats", "1", "--no-compile", "--results-dir", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", argv)
+    sampler.main()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"sampler_{BACKEND}_gpu.json", f"sampler_{BACKEND}_gpu.md"]
+    with open(tmp_path / f"sampler_{BACKEND}_gpu.json") as f:
+        meta = json.load(f)["meta"]
+    assert meta["device kind"] == "gpu" and meta["device"] == "Some GPU 80GB"
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="under torch the reference shares the backend's own device")
+def test_a_gpu_run_whose_torch_has_no_cuda_refuses(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sampler, "backend_device", lambda: ("gpu", "Some GPU 80GB"))
+    monkeypatch.setattr(sampler.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("sys.argv", ["sampler", "--cases", "tiny", "--results-dir", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        sampler.main()
+    message = capsys.readouterr().err
+    assert f"the {BACKEND} backend computes on a GPU (Some GPU 80GB)" in message
+    assert "sees no CUDA device" in message and "CUDA build of PyTorch" in message
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_torch_reference_runs_on_the_backends_device_under_torch():
+    if BACKEND != "torch":
+        pytest.skip("the torch backend's own device")
+    import keras
+
+    assert sampler.reference_device("gpu", "any") == keras.ops.convert_to_tensor([0.0]).device
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's timers")
+def test_tensorflow_timers_wait_for_the_device_without_copying_to_the_host(monkeypatch):
+    import tensorflow as tf
+
+    calls = []
+    real = tf.test.experimental.sync_devices
+    monkeypatch.setattr(tf.test.experimental, "sync_devices", lambda: calls.append(1) or real())
+    images, theta, weights, size, interpolation, _ = sampler.case_inputs("small")
+    forward, both, _ = sampler.keras_implementations(images[:2], theta[:2], weights[:2], size, interpolation)["xla"]
+    forward()
+    both()
+    assert len(calls) == 2
+
+
+def test_peak_memory_is_measured_per_call_not_as_the_peak_so_far():
+    big, small = sampler.process_peak_growth(lambda: np.ones(2**25)), sampler.process_peak_growth(lambda: np.ones(8))
+    assert big[1] == small[1] == "process peak RSS growth"
+    assert big[0] > 200 and small[0] < 50  # 256 MiB, then nearly nothing: the second is not the first's peak
+
+
+def test_every_row_has_the_memory_of_both_frameworks(monkeypatch):
+    monkeypatch.setitem(sampler.WORKLOADS, "tiny", (2, 6, 5, 2, 4, 7))
+    rows = sampler.benchmark_case("tiny", repeats=1, compile=False)
+    for row in rows:
+        assert row["peak MiB"] >= 0 and row["torch peak MiB"] >= 0
+        assert "torch: process peak RSS" in row["memory measure"]
+    if BACKEND == "jax":  # XLA's own account: at least the two gradients it returns
+        gradient_bytes = 4 * (2 * 6 * 5 * 2 + 2 * 2 * 3)
+        assert all(row["memory measure"].startswith("XLA program") for row in rows)
+        assert all(row["peak MiB"] * 2**20 >= gradient_bytes for row in rows)
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_run_dry_runs_on_the_cpu(tmp_path, synthetic_mnist):
+    """benchmarks/gpu_run.sh --dry-run: every step of the device run on tiny sizes, here."""
+    env = {**os.environ, "PYTHON": sys.executable, "KERAS_STN_MNIST": synthetic_mnist}
+    out = tmp_path / "run"
+    result = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_run.sh"), "--dry-run", "--backends", BACKEND, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    log = (out / "run.log").read_text()
+    assert result.returncode == 0, log + result.stderr
+    for step in ("tests", "benchmark", "mnist"):
+        assert f"{step}_{BACKEND}: exit 0" in log
+    assert "passed" in (out / f"tests_{BACKEND}.log").read_text()
+    assert (out / "benchmarks" / f"sampler_{BACKEND}_cpu.json").exists()
+    assert f"{BACKEND} " in (out / "summary.md").read_text()
+    assert list((out / f"mnist_{BACKEND}").glob("*.csv"))
+    assert "keras 3." in (out / "versions.txt").read_text()
+
+
+def test_the_prepared_gpu_run_refuses_a_cpu_without_dry_run(tmp_path):
+    # No wheels to install: the ones a developer keeps in .whl are for the GPU machine's Python.
+    env = {**os.environ, "PYTHON": sys.executable, "KERAS_STN_WHEELS": str(tmp_path / "no-wheels")}
+    result = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_run.sh"), "--backends", BACKEND, str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert f"{BACKEND}: refused, the backend sees no GPU" in (tmp_path / "run" / "run.log").read_text()

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The prepared GPU run: one command, nothing fetched, everything written under one folder.
+#
+#   bash benchmarks/gpu_run.sh [--dry-run] [--backends "jax torch tensorflow"] OUT_DIR
+#
+# For each backend whose framework is installed (a missing one is recorded and skipped):
+#   1. the GPU tests (`pytest -m gpu tests/test_gpu.py`),
+#   2. the sampler benchmark against PyTorch's CUDA kernel (benchmarks.sampler --training),
+#   3. a short distorted-MNIST comparison (CNN vs affine ST-CNN) tracked in a local MLflow store,
+# then `benchmarks.summary --device gpu` over the benchmark results. Each step has its own time
+# limit, so that one hung step cannot take the whole run; the whole run fits in 8 minutes on an
+# H100/H200 (DEVELOPERS.md says how to run it on a lent machine and what to commit).
+#
+# Without a GPU the run refuses, unless --dry-run: then every step runs on tiny sizes on the CPU
+# (the suite does this, tests/test_benchmarks.py), so that the script is exercised where CI runs.
+#
+# Python packages the machine lacks (keras, mlflow-skinny, ...) are installed from ./.whl (or
+# $KERAS_STN_WHEELS) when that folder exists (benchmarks/gpu_wheels.sh fills it), into a
+# scratch folder on PYTHONPATH; a dry run uses the Python environment it is started in.
+# The MNIST arrays come from $KERAS_STN_MNIST, else ./.data/mnist.npz.
+set -uo pipefail
+
+dry_run=0
+backends="jax torch tensorflow"
+while [[ $# -gt 1 ]]; do
+    case "$1" in
+        --dry-run) dry_run=1; shift ;;
+        --backends) backends="$2"; shift 2 ;;
+        *) echo "gpu_run.sh: unknown option $1 (expected --dry-run, --backends, then OUT_DIR)" >&2; exit 2 ;;
+    esac
+done
+if [[ $# -ne 1 || "$1" == --* ]]; then
+    echo "usage: bash benchmarks/gpu_run.sh [--dry-run] [--backends \"jax torch tensorflow\"] OUT_DIR" >&2
+    exit 2
+fi
+out="$1"
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+log="$out/run.log"
+: >"$log"
+python="${PYTHON:-python3}"
+say() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$log"; }
+
+wheels="${KERAS_STN_WHEELS:-.whl}"
+if [[ $dry_run == 0 && -d "$wheels" ]] && compgen -G "$wheels/*.whl" >/dev/null; then  # for the GPU machine
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu_run_site "$wheels"/*.whl \
+        || { say "installing the carried wheels failed"; exit 1; }
+    export PYTHONPATH="/tmp/gpu_run_site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"  # keras_stn, experiments and benchmarks from this tree
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+# Several frameworks share the GPU in one process: no preallocation (benchmarks/__init__.py).
+export XLA_PYTHON_CLIENT_PREALLOCATE=false TF_FORCE_GPU_ALLOW_GROWTH=true
+export KERAS_STN_MNIST="${KERAS_STN_MNIST:-$PWD/.data/mnist.npz}"
+export KERAS_STN_CACHE="$out/cache"  # the distorted digits are generated once, for every backend
+# A file store: the machine has mlflow-skinny at most, which has no SQL backend.
+export MLFLOW_TRACKING_URI="file://$out/mlruns" MLFLOW_ALLOW_FILE_STORE=true
+
+if [[ $dry_run == 1 ]]; then
+    export KERAS_STN_GPU_TESTS=cpu  # tests/test_gpu.py then runs on the CPU instead of skipping
+    limit_tests=300 limit_bench=300 limit_mnist=300
+    bench_args=(--cases tiny,tiny-bicubic --repeats 1 --no-compile)
+    mnist_args=(--quick --transforms affine)
+else
+    limit_tests=60 limit_bench=100 limit_mnist=75
+    bench_args=(--cases small,channels,large,small-bicubic,large-bicubic,large-float16 --repeats 10 --no-compile --training)
+    mnist_args=(--distortion rts --transforms none affine --epochs 2)
+fi
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    "$python" -c "import sys; print('python', sys.version.split()[0])"
+    "$python" - <<'PY'
+import importlib
+for name in ("keras", "torch", "jax", "jaxlib", "tensorflow", "mlflow", "numpy"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except ImportError:
+        print(f"{name}: not installed")
+PY
+} >"$out/versions.txt" 2>&1
+say "versions: $(tr '\n' ';' <"$out/versions.txt")"
+
+status=0
+step() {  # step NAME LIMIT_S COMMAND...: runs COMMAND with a time limit, logging to OUT/NAME.log
+    local name="$1" limit="$2"
+    shift 2
+    local start=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    say "$name: exit $rc after $((SECONDS - start)) s (limit $limit s)"
+    if [[ $rc -ne 0 ]]; then
+        status=1
+        tail -n 5 "$out/$name.log" | sed 's/^/    /' | tee -a "$log"
+    fi
+}
+
+for backend in $backends; do
+    module="$backend"
+    if ! "$python" -c "import $module" 2>/dev/null; then
+        say "$backend: skipped, $module is not installed on this machine"
+        continue
+    fi
+    export KERAS_BACKEND="$backend"
+    has_gpu="$("$python" -c "from benchmarks.sampler import backend_device; print(backend_device()[0])" 2>>"$log")"
+    if [[ "$has_gpu" != gpu && $dry_run == 0 ]]; then
+        say "$backend: refused, the backend sees no GPU (device kind '${has_gpu:-unknown}'); use --dry-run on a CPU"
+        status=1
+        continue
+    fi
+    step "tests_$backend" "$limit_tests" "$python" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_gpu.py
+    step "benchmark_$backend" "$limit_bench" "$python" -m benchmarks.sampler "${bench_args[@]}" --results-dir "$out/benchmarks"
+    step "mnist_$backend" "$limit_mnist" "$python" -m experiments.distorted_mnist "${mnist_args[@]}" \
+        --experiment-name gpu-run --results-dir "$out/mnist_$backend" --verbose 0
+done
+
+kind=gpu
+[[ $dry_run == 1 ]] && kind=cpu
+"$python" -m benchmarks.summary --device "$kind" --results-dir "$out/benchmarks" >"$out/summary.md" 2>>"$log" || status=1
+say "done, exit $status: $out"
+exit $status
