@@ -1,6 +1,9 @@
 """The distorted-MNIST experiment: models, figures, the command line and a --quick MLflow run."""
 
+import json
+import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -12,7 +15,7 @@ pytest.importorskip("matplotlib", reason="the experiments need the `experiments`
 import mlflow  # noqa: E402
 
 import keras_stn  # noqa: E402
-from experiments import distorted_mnist, figures, models, tracking  # noqa: E402
+from experiments import choices, data, distorted_mnist, figures, models, study, tracking  # noqa: E402
 from helpers import BACKEND, to_numpy  # noqa: E402
 
 # ------------------------------------------------------------------------------------ models
@@ -110,6 +113,53 @@ def test_help_explains_every_flag(capsys):
     assert "cluttered" in text and "attention" in text
 
 
+HEAVY_MODULES = ("keras", "mlflow", "numpy", "tensorflow", "jax", "torch", "matplotlib", "keras_stn")
+
+
+def modules_imported_by(argv):
+    """The heavy modules `python -m experiments.distorted_mnist <argv>` imports, and its output:
+    the entry point runs in a fresh interpreter that reports `sys.modules` once it has exited."""
+    wrapper = (
+        "import json, runpy, sys\n"
+        f"sys.argv = ['distorted_mnist', *{argv!r}]\n"
+        "try:\n"
+        "    runpy.run_module('experiments.distorted_mnist', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as exit:\n"
+        "    code = exit.code\n"
+        f"print(json.dumps({{'code': code, 'imported': [m for m in {HEAVY_MODULES!r} if m in sys.modules]}}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return report, done
+
+
+@pytest.mark.parametrize(
+    "argv, code, stream, text",
+    [
+        (["--help"], 0, "stdout", "--distortion"),
+        (["--epochs", "0"], 2, "stderr", "--epochs: expected a positive integer"),
+        (["--transforms", "affine", "affine"], 2, "stderr", "lists an arm twice"),
+    ],
+)
+def test_help_and_argument_errors_import_no_framework(argv, code, stream, text):
+    report, done = modules_imported_by(argv)
+    assert report["code"] == code, done.stderr
+    assert text in getattr(done, stream)
+    assert report["imported"] == [], f"imported before the arguments were parsed: {report['imported']}"
+
+
+def test_light_choices_match_the_real_ones():
+    assert choices.DISTORTIONS == data.DISTORTIONS
+    assert choices.TRANSFORMS == models.transform_choices()
+    assert choices.NO_TRANSFORM == models.NO_TRANSFORM
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -160,7 +210,7 @@ def test_quick_run_records_runs_params_metrics_models_and_figures(tracking_dir, 
     argv += ["--experiment-name", "smoke", "--verbose", "0"]
     distribute = BACKEND != "torch"  # data parallel over the one CPU device: the same code path as over many
     argv += ["--distribute"] if distribute else []
-    parent_id, rows = distorted_mnist.run(distorted_mnist.parse_args(argv))
+    parent_id, rows = study.run(distorted_mnist.parse_args(argv))
 
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_id)
