@@ -23,6 +23,13 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
 def positive_float(text):
     value = float(text)
     if not value > 0:
@@ -55,7 +62,23 @@ def build_parser():
     parser.add_argument(
         "--lr", type=positive_float, default=1e-3, help="initial Adam learning rate (cosine-decayed to 0)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data generation and of the weights")
+    parser.add_argument(
+        "--seeds",
+        "--seed",
+        nargs="+",
+        type=non_negative_int,
+        default=[0],
+        metavar="SEED",
+        help="seeds of the weights and of the shuffling, one child run per (transform, seed); the comparison "
+        "reports the mean and standard deviation over them (e.g. --seeds 0 1 2, as the paper averages 3)",
+    )
+    parser.add_argument(
+        "--data-seed",
+        type=non_negative_int,
+        default=0,
+        help="seed of the distorted dataset, the same for every --seeds value so that the seeds measure the "
+        "training noise alone",
+    )
     parser.add_argument(
         "--data",
         default=None,
@@ -104,6 +127,8 @@ def parse_args(argv=None):
             )
     if len(set(args.transforms)) != len(args.transforms):
         parser.error(f"--transforms lists an arm twice: {args.transforms}")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds lists a seed twice: expected distinct seeds, got {args.seeds}")
     if args.quick:
         args.epochs, args.batch_size = QUICK["epochs"], QUICK["batch_size"]
     return args

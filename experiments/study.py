@@ -18,8 +18,6 @@ the paper's rather than the absolute errors.
 """
 
 import contextlib
-import csv
-import io
 import os
 import sys
 import time
@@ -33,28 +31,19 @@ from experiments.distorted_mnist import QUICK
 from experiments.figures import learning_curves
 from experiments.models import build_model
 from experiments.paper import paper_test_error
+from experiments.tables import summarize, table_csv, table_markdown
 from experiments.tracking import EpochLogger, environment_params, log_figure, pip_requirements
 
 VALIDATION_SIZE = 10_000
 GALLERY_SIZE = 16
-TABLE_COLUMNS = (
-    "transform",
-    "test_error",
-    "paper_test_error",
-    "best_val_error",
-    "epochs",
-    "train_seconds",
-    "step_ms",
-    "params",
-    "backend",
-    "device",
-)
 
 
 def load_splits(args):
     """Train/validation/test arrays of the distortion; validation is the end of the training split."""
     sizes = {"num_train": QUICK["num_train"], "num_test": QUICK["num_test"]} if args.quick else {}
-    arrays = data_lib.load_distorted(args.distortion, data=args.data, seed=args.seed, cache_dir=args.cache_dir, **sizes)
+    arrays = data_lib.load_distorted(
+        args.distortion, data=args.data, seed=args.data_seed, cache_dir=args.cache_dir, **sizes
+    )
     validation = QUICK["validation"] if args.quick else VALIDATION_SIZE
     x, y = arrays["x_train"], arrays["y_train"]
     return {
@@ -85,14 +74,14 @@ def data_parallel(distribute):
     return tf.distribute.MirroredStrategy().scope()
 
 
-def train_arm(transform, splits, args):
+def train_arm(transform, seed, splits, args):
     """Trains one arm inside the active (child) MLflow run; returns its row of the comparison."""
     with data_parallel(args.distribute):
-        return train_arm_on_devices(transform, splits, args)
+        return train_arm_on_devices(transform, seed, splits, args)
 
 
-def train_arm_on_devices(transform, splits, args):
-    keras.utils.set_random_seed(args.seed)
+def train_arm_on_devices(transform, seed, splits, args):
+    keras.utils.set_random_seed(seed)
     x_train, y_train = splits["train"]
     model = build_model(transform, x_train.shape[1:])
     steps = args.epochs * int(np.ceil(len(x_train) / args.batch_size))
@@ -126,6 +115,7 @@ def train_arm_on_devices(transform, splits, args):
     environment = environment_params()
     row = {
         "transform": transform,
+        "seed": seed,
         "test_error": round(test_error, 2),
         "paper_test_error": paper_test_error(args.distortion, transform),
         "best_val_error": round(100.0 * (1.0 - max(history.history["val_accuracy"])), 2),
@@ -133,40 +123,23 @@ def train_arm_on_devices(transform, splits, args):
         "train_seconds": round(train_seconds, 1),
         "step_ms": round(float(np.median(logger.step_ms)), 1),
         "params": model.count_params(),
+        "data_seed": args.data_seed,
         "backend": environment["backend"],
         "device": environment["device"],
     }
     return row, history.history
 
 
-def table_csv(rows):
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def table_markdown(rows, args, environment):
-    """The comparison as a markdown table with the run's settings above it."""
-
-    def cell(value):
-        return "–" if value is None else str(value)
-
-    lines = [
-        f"# Distorted MNIST `{args.distortion}`: test error (%)",
-        "",
-        f"- backend {environment['backend']} {environment['backend_version']}, keras {environment['keras_version']}, "
+def settings_lines(args, environment):
+    """The run's settings, one markdown line each, for the header of the comparison."""
+    return [
+        f"backend {environment['backend']} {environment['backend_version']}, keras {environment['keras_version']}, "
         f"keras_stn {environment['keras_stn_version']}, device {environment['device']}",
-        f"- epochs {args.epochs}, batch {args.batch_size}, Adam lr {args.lr} (cosine), seed {args.seed}"
+        f"epochs {args.epochs}, batch {args.batch_size}, Adam lr {args.lr} (cosine)"
         + (", --quick" if args.quick else ""),
-        "- paper: Jaderberg et al. 2015, Table 1 (SGD, 150k iterations, mean of 3 seeds); – where it reports none",
-        "",
-        "| " + " | ".join(TABLE_COLUMNS) + " |",
-        "| " + " | ".join("---" for _ in TABLE_COLUMNS) + " |",
+        f"seeds {' '.join(map(str, args.seeds))} (weights and shuffling), dataset seed {args.data_seed} "
+        "(the same digits for every seed)",
     ]
-    lines += ["| " + " | ".join(cell(row[column]) for column in TABLE_COLUMNS) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def run(args):
@@ -182,25 +155,29 @@ def run(args):
             "epochs": args.epochs,
             "batch_size": args.batch_size,
             "lr": args.lr,
-            "seed": args.seed,
+            "seeds": " ".join(map(str, args.seeds)),
+            "data_seed": args.data_seed,
             "quick": args.quick,
             "distribute": args.distribute,
             **environment,
         }
         mlflow.log_params({**common, "transforms": " ".join(args.transforms)})
         for transform in args.transforms:
-            with mlflow.start_run(run_name=transform, nested=True):
-                mlflow.log_params({**common, "transform": transform})
-                row, history = train_arm(transform, splits, args)
-            rows.append(row)
-            histories[transform] = history
-            print(f"{transform}: test error {row['test_error']:.2f}%", file=sys.stderr)
-        markdown = table_markdown(rows, args, environment)
+            for seed in args.seeds:
+                with mlflow.start_run(run_name=f"{transform} seed {seed}", nested=True):
+                    mlflow.log_params({**common, "transform": transform, "seed": seed})
+                    row, history = train_arm(transform, seed, splits, args)
+                rows.append(row)
+                histories[f"{transform} seed {seed}"] = history
+                print(f"{transform} seed {seed}: test error {row['test_error']:.2f}%", file=sys.stderr)
+        markdown = table_markdown(rows, args.distortion, settings_lines(args, environment))
         mlflow.log_text(table_csv(rows), "comparison.csv")
         mlflow.log_text(markdown, "comparison.md")
         log_figure(learning_curves(histories, f"distorted MNIST {args.distortion}"), "learning_curves.png")
-        for row in rows:
-            mlflow.log_metric(f"test_error_{row['transform']}", row["test_error"])
+        for arm in summarize(rows, args.distortion):
+            mlflow.log_metric(f"test_error_{arm['transform']}", arm["mean"])
+            if arm["std"] is not None:
+                mlflow.log_metric(f"test_error_std_{arm['transform']}", arm["std"])
     if args.results_dir:
         os.makedirs(args.results_dir, exist_ok=True)
         stem = os.path.join(args.results_dir, f"{args.distortion}_{environment['backend']}")

@@ -1,5 +1,6 @@
 """The distorted-MNIST experiment: models, figures, the command line and a --quick MLflow run."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ pytest.importorskip("matplotlib", reason="the experiments need the `experiments`
 import mlflow  # noqa: E402
 
 import keras_stn  # noqa: E402
-from experiments import choices, data, distorted_mnist, figures, models, study, tracking  # noqa: E402
+from experiments import choices, data, distorted_mnist, figures, models, study, tables, tracking  # noqa: E402
 from helpers import BACKEND, to_numpy  # noqa: E402
 
 # ------------------------------------------------------------------------------------ models
@@ -168,6 +169,9 @@ def test_light_choices_match_the_real_ones():
         (["--transforms", "affine", "affine"], "lists an arm twice"),
         (["--epochs", "0"], "expected a positive integer"),
         (["--lr", "-1"], "expected a positive number"),
+        (["--seeds", "0", "1", "0"], "--seeds lists a seed twice: expected distinct seeds, got [0, 1, 0]"),
+        (["--seeds", "-1"], "argument --seeds/--seed: expected an integer >= 0, got -1"),
+        (["--data-seed", "x"], "argument --data-seed: invalid non_negative_int value: 'x'"),
     ],
 )
 def test_bad_flags_exit_with_a_message(argv, message, capsys):
@@ -183,6 +187,26 @@ def test_distribute_on_torch_points_to_distributed_data_parallel(capsys):
         distorted_mnist.parse_args(["--distribute"])
     assert exit_info.value.code == 2
     assert "DistributedDataParallel" in capsys.readouterr().err
+
+
+def test_seeds_and_the_single_seed_alias():
+    assert distorted_mnist.parse_args([]).seeds == [0]
+    assert distorted_mnist.parse_args(["--seed", "3"]).seeds == [3]
+    args = distorted_mnist.parse_args(["--seeds", "0", "1", "2"])
+    assert args.seeds == [0, 1, 2] and args.data_seed == 0
+
+
+def test_summary_is_mean_and_sample_std_over_seeds_and_says_n_1():
+    rows = [
+        {"transform": "none", "seed": 0, "test_error": 2.0},
+        {"transform": "affine", "seed": 0, "test_error": 1.0},
+        {"transform": "none", "seed": 1, "test_error": 4.0},
+        {"transform": "none", "seed": 2, "test_error": 6.0},
+    ]
+    none, affine = tables.summarize(rows, "rts")
+    assert (none["transform"], none["n"], none["mean"], none["std"]) == ("none", 3, 4.0, 2.0)
+    assert none["test_error"] == "4.00 ± 2.00" and none["paper_test_error"] == 0.8 and none["seeds"] == "0 1 2"
+    assert (affine["n"], affine["std"], affine["test_error"]) == (1, None, "1.00 (n=1)")
 
 
 def test_quick_overrides_epochs_and_batch_size():
@@ -205,39 +229,60 @@ def tracking_dir(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_quick_run_records_runs_params_metrics_models_and_figures(tracking_dir, synthetic_mnist):
-    argv = ["--quick", "--distortion", "rts", "--transforms", "none", "affine", "--data", synthetic_mnist]
-    argv += ["--cache-dir", str(tracking_dir / "cache"), "--results-dir", str(tracking_dir / "results")]
-    argv += ["--experiment-name", "smoke", "--verbose", "0"]
+    argv = ["--quick", "--distortion", "rts", "--transforms", "none", "affine", "--seeds", "3", "5"]
+    argv += ["--data", synthetic_mnist, "--cache-dir", str(tracking_dir / "cache")]
+    argv += ["--results-dir", str(tracking_dir / "results"), "--experiment-name", "smoke", "--verbose", "0"]
     distribute = BACKEND != "torch"  # data parallel over the one CPU device: the same code path as over many
     argv += ["--distribute"] if distribute else []
     parent_id, rows = study.run(distorted_mnist.parse_args(argv))
+    arms = [("none", 3), ("none", 5), ("affine", 3), ("affine", 5)]
+    assert [(row["transform"], row["seed"]) for row in rows] == arms
 
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_id)
     assert parent.data.params["distortion"] == "rts" and parent.data.params["backend"] == BACKEND
-    assert parent.data.params["transforms"] == "none affine"
+    assert parent.data.params["transforms"] == "none affine" and parent.data.params["seeds"] == "3 5"
     assert parent.data.params["distribute"] == str(distribute)
     parent_artifacts = {artifact.path for artifact in client.list_artifacts(parent_id)}
     assert {"comparison.csv", "comparison.md", "learning_curves.png"} <= parent_artifacts
     table = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/comparison.md")
-    assert "| none |" in table and "| affine |" in table and "0.5" in table  # the paper's affine rts error
+    assert "| none | 2 |" in table and "| affine | 2 |" in table and "| 0.5 |" in table  # the paper's affine rts
+    assert " ± " in table and "seeds 3 5 (weights and shuffling), dataset seed 0" in table
+    for transform, seed in arms:
+        assert f"| {transform} | {seed} |" in table
     assert (tracking_dir / "results" / f"rts_{BACKEND}.md").read_text() == table
-    assert set(parent.data.metrics) == {"test_error_none", "test_error_affine"}
+    with open(tracking_dir / "results" / f"rts_{BACKEND}.csv") as handle:
+        written = list(csv.DictReader(handle))
+    assert [(row["transform"], int(row["seed"])) for row in written] == arms
+    assert {"transform", "seed", "test_error", "backend", "data_seed", "paper_test_error"} <= set(written[0])
+    assert {row["backend"] for row in written} == {BACKEND} and {row["data_seed"] for row in written} == {"0"}
+    assert set(parent.data.metrics) == {
+        "test_error_none",
+        "test_error_affine",
+        "test_error_std_none",
+        "test_error_std_affine",
+    }
+    mean_none = np.mean([row["test_error"] for row in rows if row["transform"] == "none"])
+    assert parent.data.metrics["test_error_none"] == pytest.approx(mean_none)
 
     experiment = client.get_experiment_by_name("smoke")
     children = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
-    assert sorted(child.data.params["transform"] for child in children) == ["affine", "none"]
+    assert sorted((child.data.params["transform"], int(child.data.params["seed"])) for child in children) == sorted(
+        arms
+    )
     images = np.zeros((2, 42, 42, 1), "float32")
     for child in children:
         params, metrics = child.data.params, child.data.metrics
         for name in ("distortion", "backend", "backend_version", "keras_version", "device", "epochs", "batch_size"):
             assert name in params, name
-        assert params["seed"] == "0" and params["lr"] == "0.001" and params["epochs"] == "1"
+        assert params["data_seed"] == "0" and params["lr"] == "0.001" and params["epochs"] == "1"
         for name in ("loss", "accuracy", "val_loss", "val_accuracy", "val_error", "step_ms", "test_error"):
             assert np.isfinite(metrics[name]), name
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [1]
-        row = next(row for row in rows if row["transform"] == params["transform"])
+        row = next(row for row in rows if (row["transform"], str(row["seed"])) == (params["transform"], params["seed"]))
         assert metrics["test_error"] == pytest.approx(row["test_error"], abs=0.01)
+        if params["seed"] != "3":
+            continue  # the models and figures of one seed per arm are checked below; the others are alike
 
         models_logged = client.search_logged_models(
             [experiment.experiment_id], filter_string=f"source_run_id = '{child.info.run_id}'"
