@@ -16,6 +16,31 @@ QUICK = {"num_train": 384, "num_test": 128, "validation": 128, "epochs": 1, "bat
 QUICK_SECONDS = "tens of seconds (17-33 s with one arm, 27-40 s with two, on a 2-core CPU)"
 
 
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+LEARNING_RATES = {"adam": 1e-3, "sgd": 0.01}
+STEP_SCHEDULE = {"lr_drop_every": 50_000, "lr_drop_factor": 0.1}
+# The paper (PAPER.md): SGD, batch 256, lr 0.01 divided by 10 every 50k iterations, 150k iterations.
+# It states no momentum, so the paper protocol uses plain SGD (momentum 0).
+PROTOCOLS = {
+    "default": {"optimizer": "adam", "schedule": "cosine", "batch_size": 256, "epochs": 10, "iterations": None},
+    "paper": {"optimizer": "sgd", "schedule": "step", "batch_size": 256, "epochs": None, "iterations": 150_000},
+}
+
+
+def protocol_text(name):
+    settings = PROTOCOLS[name]
+    optimizer = "SGD" if settings["optimizer"] == "sgd" else "Adam"
+    rate = LEARNING_RATES[settings["optimizer"]]
+    schedule = {
+        "cosine": f"lr {rate} cosine-decayed to 0",
+        "step": f"lr {rate} divided by {round(1 / STEP_SCHEDULE['lr_drop_factor'])} every "
+        f"{STEP_SCHEDULE['lr_drop_every']} steps",
+    }[settings["schedule"]]
+    length = f"{settings['iterations']} steps" if settings["iterations"] else f"{settings['epochs']} epochs"
+    return f"{optimizer}, {schedule}, batch {settings['batch_size']}, {length}"
+
+
 def positive_int(text):
     value = int(text)
     if value < 1:
@@ -30,11 +55,32 @@ def non_negative_int(text):
     return value
 
 
+def unit_interval_float(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
+def fraction(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
+    return value
+
+
 def positive_float(text):
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the None of flags whose default depends on others (their help says it)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def build_parser():
@@ -45,7 +91,7 @@ def build_parser():
             "errors, logging everything to MLflow (MLFLOW_TRACKING_URI, default a local store in the "
             "working directory). Uses the GPU when the Keras backend (KERAS_BACKEND) sees one."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--distortion", choices=DISTORTIONS, default="rts", help=DISTORTION_HELP)
     parser.add_argument(
@@ -57,11 +103,64 @@ def build_parser():
         help=f"the arms to train, one child run each; 'none' is the CNN without a transformer. "
         f"Choices: {', '.join(TRANSFORMS)}",
     )
-    parser.add_argument("--epochs", type=positive_int, default=10, help="training epochs per arm")
-    parser.add_argument("--batch-size", type=positive_int, default=256, help="training batch size")
     parser.add_argument(
-        "--lr", type=positive_float, default=1e-3, help="initial Adam learning rate (cosine-decayed to 0)"
+        "--protocol",
+        choices=tuple(PROTOCOLS),
+        default="default",
+        help="training settings in one flag: 'default' is "
+        + protocol_text("default")
+        + "; 'paper' is the paper's "
+        + protocol_text("paper")
+        + ". Any flag below given explicitly overrides its value",
     )
+    parser.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default=None, help="the optimizer (default: from --protocol)"
+    )
+    parser.add_argument(
+        "--momentum",
+        type=unit_interval_float,
+        default=None,
+        help="SGD momentum, in [0, 1) (default: 0, plain SGD as the paper states; --optimizer sgd only)",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=None,
+        help="learning rate over the run: cosine-decayed to 0, 'step' (times --lr-drop-factor every "
+        "--lr-drop-every steps) or constant (default: from --protocol)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help=f"initial learning rate (default: {LEARNING_RATES['adam']} for Adam, {LEARNING_RATES['sgd']} for SGD)",
+    )
+    parser.add_argument(
+        "--lr-drop-every",
+        type=positive_int,
+        default=None,
+        help=f"steps between learning-rate drops of --schedule step (default: {STEP_SCHEDULE['lr_drop_every']})",
+    )
+    parser.add_argument(
+        "--lr-drop-factor",
+        type=fraction,
+        default=None,
+        help=f"factor of each drop of --schedule step, in (0, 1) (default: {STEP_SCHEDULE['lr_drop_factor']})",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="training epochs (passes over the training digits) per arm (default: from --protocol)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=positive_int,
+        default=None,
+        help="training steps per arm, instead of --epochs: the run stops after exactly this many batches "
+        "(its last epoch may be shorter) (default: from --protocol)",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="training batch size (default: 256)")
     parser.add_argument(
         "--seeds",
         "--seed",
@@ -100,7 +199,8 @@ def build_parser():
         action="store_true",
         help=f"smoke run of the whole pipeline, {QUICK_SECONDS}, most of it imports, compilation and "
         f"MLflow: {QUICK['num_train']} training digits ({QUICK['validation']} held out), "
-        f"{QUICK['num_test']} test digits, {QUICK['epochs']} epoch, batch {QUICK['batch_size']}",
+        f"{QUICK['num_test']} test digits, {QUICK['epochs']} epoch and batch {QUICK['batch_size']} unless --epochs / "
+        "--iterations / --batch-size say otherwise",
     )
     parser.add_argument(
         "--distribute",
@@ -129,9 +229,42 @@ def parse_args(argv=None):
         parser.error(f"--transforms lists an arm twice: {args.transforms}")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds lists a seed twice: expected distinct seeds, got {args.seeds}")
-    if args.quick:
-        args.epochs, args.batch_size = QUICK["epochs"], QUICK["batch_size"]
+    resolve_protocol(parser, args)
     return args
+
+
+def resolve_protocol(parser, args):
+    """Fills every training setting the command line left unset from `--protocol` (and `--quick`),
+    after refusing the combinations that contradict each other."""
+    if args.epochs is not None and args.iterations is not None:
+        parser.error(
+            f"--epochs and --iterations both set the length of the run: expected one of them, got "
+            f"--epochs {args.epochs} --iterations {args.iterations}"
+        )
+    protocol = PROTOCOLS[args.protocol]
+    args.optimizer = args.optimizer or protocol["optimizer"]
+    args.schedule = args.schedule or protocol["schedule"]
+    if args.momentum is not None and args.optimizer != "sgd":
+        parser.error(
+            f"--momentum applies to --optimizer sgd only: got --momentum {args.momentum} with "
+            f"--optimizer {args.optimizer}"
+        )
+    for flag, value in (("--lr-drop-every", args.lr_drop_every), ("--lr-drop-factor", args.lr_drop_factor)):
+        if value is not None and args.schedule != "step":
+            parser.error(f"{flag} applies to --schedule step only: got {flag} {value} with --schedule {args.schedule}")
+    if args.optimizer == "sgd" and args.momentum is None:
+        args.momentum = 0.0
+    if args.schedule == "step":
+        args.lr_drop_every = args.lr_drop_every or STEP_SCHEDULE["lr_drop_every"]
+        args.lr_drop_factor = args.lr_drop_factor or STEP_SCHEDULE["lr_drop_factor"]
+    args.lr = args.lr or LEARNING_RATES[args.optimizer]
+    if args.epochs is None and args.iterations is None:
+        if args.quick:
+            args.epochs = QUICK["epochs"]
+        else:
+            args.epochs, args.iterations = protocol["epochs"], protocol["iterations"]
+    if args.batch_size is None:
+        args.batch_size = QUICK["batch_size"] if args.quick else protocol["batch_size"]
 
 
 def main(argv=None):

@@ -27,6 +27,7 @@ import mlflow
 import numpy as np
 
 from experiments import data as data_lib
+from experiments import training
 from experiments.distorted_mnist import QUICK
 from experiments.figures import learning_curves
 from experiments.models import build_model
@@ -84,21 +85,33 @@ def train_arm_on_devices(transform, seed, splits, args):
     keras.utils.set_random_seed(seed)
     x_train, y_train = splits["train"]
     model = build_model(transform, x_train.shape[1:])
-    steps = args.epochs * int(np.ceil(len(x_train) / args.batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=steps)
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
+        optimizer=training.optimizer(args, len(x_train)),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    mlflow.log_params({"params": model.count_params(), "model": model.name, "train_size": len(x_train)})
-    logger = EpochLogger(transform, splits["validation"][0][:GALLERY_SIZE], args.epochs)
+    steps = training.total_steps(args, len(x_train))
+    epoch_steps = training.steps_per_epoch(len(x_train), args.batch_size)
+    epochs = training.epoch_count(args, len(x_train))
+    mlflow.log_params(
+        {
+            "params": model.count_params(),
+            "model": model.name,
+            "train_size": len(x_train),
+            "steps": steps,
+            "steps_per_epoch": epoch_steps,
+            "epochs_trained": epochs,
+        }
+    )
+    logger = EpochLogger(transform, splits["validation"][0][:GALLERY_SIZE], epochs)
     start = time.perf_counter()
-    history = model.fit(
-        x_train,
-        y_train,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
+    history = training.fit(
+        model,
+        splits["train"],
+        seed,
+        steps,
+        epoch_steps,
+        args.batch_size,
         validation_data=splits["validation"],
         callbacks=[logger],
         verbose=args.verbose,
@@ -118,8 +131,9 @@ def train_arm_on_devices(transform, seed, splits, args):
         "seed": seed,
         "test_error": round(test_error, 2),
         "paper_test_error": paper_test_error(args.distortion, transform),
-        "best_val_error": round(100.0 * (1.0 - max(history.history["val_accuracy"])), 2),
-        "epochs": args.epochs,
+        "best_val_error": round(100.0 * (1.0 - max(history["val_accuracy"])), 2),
+        "epochs": epochs,
+        "steps": steps,
         "train_seconds": round(train_seconds, 1),
         "step_ms": round(float(np.median(logger.step_ms)), 1),
         "params": model.count_params(),
@@ -127,7 +141,38 @@ def train_arm_on_devices(transform, seed, splits, args):
         "backend": environment["backend"],
         "device": environment["device"],
     }
-    return row, history.history
+    return row, history
+
+
+def protocol_params(args):
+    """The training protocol as MLflow parameters (the step-schedule and momentum entries only where
+    they apply; `iterations` and `epochs` as given, one of them None)."""
+    params = {
+        "protocol": args.protocol,
+        "optimizer": args.optimizer,
+        "schedule": args.schedule,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "iterations": args.iterations,
+    }
+    if args.optimizer == "sgd":
+        params["momentum"] = args.momentum
+    if args.schedule == "step":
+        params.update(lr_drop_every=args.lr_drop_every, lr_drop_factor=args.lr_drop_factor)
+    return params
+
+
+def protocol_description(args):
+    """e.g. "SGD (momentum 0.0), lr 0.01 × 0.1 every 50000 steps, batch 256, 150000 steps"."""
+    optimizer = f"SGD (momentum {args.momentum})" if args.optimizer == "sgd" else "Adam"
+    schedule = {
+        "cosine": f"lr {args.lr} cosine-decayed to 0",
+        "step": f"lr {args.lr} × {args.lr_drop_factor} every {args.lr_drop_every} steps",
+        "constant": f"constant lr {args.lr}",
+    }[args.schedule]
+    length = f"{args.iterations} steps" if args.iterations else f"{args.epochs} epochs"
+    return f"protocol {args.protocol}: {optimizer}, {schedule}, batch {args.batch_size}, {length}"
 
 
 def settings_lines(args, environment):
@@ -135,8 +180,7 @@ def settings_lines(args, environment):
     return [
         f"backend {environment['backend']} {environment['backend_version']}, keras {environment['keras_version']}, "
         f"keras_stn {environment['keras_stn_version']}, device {environment['device']}",
-        f"epochs {args.epochs}, batch {args.batch_size}, Adam lr {args.lr} (cosine)"
-        + (", --quick" if args.quick else ""),
+        protocol_description(args) + (", --quick" if args.quick else ""),
         f"seeds {' '.join(map(str, args.seeds))} (weights and shuffling), dataset seed {args.data_seed} "
         "(the same digits for every seed)",
     ]
@@ -152,9 +196,7 @@ def run(args):
     with mlflow.start_run(run_name=run_name) as parent:
         common = {
             "distortion": args.distortion,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
+            **protocol_params(args),
             "seeds": " ".join(map(str, args.seeds)),
             "data_seed": args.data_seed,
             "quick": args.quick,

@@ -17,6 +17,7 @@ ROW_COLUMNS = (
     "paper_test_error",
     "best_val_error",
     "epochs",
+    "steps",
     "train_seconds",
     "step_ms",
     "params",

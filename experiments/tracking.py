@@ -116,7 +116,8 @@ class EpochLogger(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._warper = transformer_output(self.model)
-        self._log_warps(0)
+        if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == 0:  # not a later `fit` of the run
+            self._log_warps(0)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()

@@ -1,6 +1,7 @@
 """The distorted-MNIST experiment: models, figures, the command line and a --quick MLflow run."""
 
 import csv
+import itertools
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ pytest.importorskip("matplotlib", reason="the experiments need the `experiments`
 import mlflow  # noqa: E402
 
 import keras_stn  # noqa: E402
-from experiments import choices, data, distorted_mnist, figures, models, study, tables, tracking  # noqa: E402
+from experiments import choices, data, distorted_mnist, figures, models, study, tables, tracking, training  # noqa: E402
 from helpers import BACKEND, to_numpy  # noqa: E402
 
 # ------------------------------------------------------------------------------------ models
@@ -172,6 +173,15 @@ def test_light_choices_match_the_real_ones():
         (["--seeds", "0", "1", "0"], "--seeds lists a seed twice: expected distinct seeds, got [0, 1, 0]"),
         (["--seeds", "-1"], "argument --seeds/--seed: expected an integer >= 0, got -1"),
         (["--data-seed", "x"], "argument --data-seed: invalid non_negative_int value: 'x'"),
+        (["--epochs", "3", "--iterations", "9"], "expected one of them, got --epochs 3 --iterations 9"),
+        (["--momentum", "0.9"], "--momentum applies to --optimizer sgd only: got --momentum 0.9 with --optimizer adam"),
+        (["--optimizer", "sgd", "--momentum", "1"], "argument --momentum: expected a number in [0, 1), got 1"),
+        (["--lr-drop-every", "10"], "--lr-drop-every applies to --schedule step only: got --lr-drop-every 10 with"),
+        (["--schedule", "step", "--lr-drop-factor", "1"], "--lr-drop-factor: expected a number in (0, 1), got 1"),
+        (["--protocol", "fast"], "argument --protocol: invalid choice: 'fast'"),
+        (["--schedule", "linear"], "argument --schedule: invalid choice: 'linear'"),
+        (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
+        (["--iterations", "0"], "argument --iterations: expected a positive integer, got 0"),
     ],
 )
 def test_bad_flags_exit_with_a_message(argv, message, capsys):
@@ -209,9 +219,90 @@ def test_summary_is_mean_and_sample_std_over_seeds_and_says_n_1():
     assert (affine["n"], affine["std"], affine["test_error"]) == (1, None, "1.00 (n=1)")
 
 
-def test_quick_overrides_epochs_and_batch_size():
-    args = distorted_mnist.parse_args(["--quick", "--epochs", "50"])
-    assert (args.epochs, args.batch_size) == (1, distorted_mnist.QUICK["batch_size"])
+def test_quick_sets_epochs_and_batch_size_unless_given():
+    args = distorted_mnist.parse_args(["--quick"])
+    assert (args.epochs, args.iterations, args.batch_size) == (1, None, distorted_mnist.QUICK["batch_size"])
+    args = distorted_mnist.parse_args(["--quick", "--epochs", "3", "--batch-size", "32"])
+    assert (args.epochs, args.batch_size) == (3, 32)
+    assert distorted_mnist.parse_args(["--quick", "--protocol", "paper"]).iterations is None  # one quick epoch
+
+
+def protocol(args):
+    names = ("optimizer", "momentum", "schedule", "lr", "lr_drop_every", "lr_drop_factor", "batch_size")
+    return {name: getattr(args, name) for name in (*names, "epochs", "iterations")}
+
+
+def test_default_protocol_is_adam_cosine_and_paper_protocol_is_the_papers():
+    assert protocol(distorted_mnist.parse_args([])) == {
+        "optimizer": "adam",
+        "momentum": None,
+        "schedule": "cosine",
+        "lr": 1e-3,
+        "lr_drop_every": None,
+        "lr_drop_factor": None,
+        "batch_size": 256,
+        "epochs": 10,
+        "iterations": None,
+    }
+    # PAPER.md: SGD (no momentum stated), batch 256, lr 0.01 / 10 every 50k iterations, 150k iterations.
+    assert protocol(distorted_mnist.parse_args(["--protocol", "paper"])) == {
+        "optimizer": "sgd",
+        "momentum": 0.0,
+        "schedule": "step",
+        "lr": 0.01,
+        "lr_drop_every": 50_000,
+        "lr_drop_factor": 0.1,
+        "batch_size": 256,
+        "epochs": None,
+        "iterations": 150_000,
+    }
+    shortened = distorted_mnist.parse_args(["--protocol", "paper", "--epochs", "4", "--momentum", "0.9"])
+    assert (shortened.epochs, shortened.iterations, shortened.momentum, shortened.optimizer) == (4, None, 0.9, "sgd")
+    assert distorted_mnist.parse_args(["--optimizer", "sgd"]).lr == 0.01
+
+
+def test_step_schedule_divides_by_ten_every_drop():
+    args = distorted_mnist.parse_args(["--protocol", "paper"])
+    schedule = training.learning_rate(args, train_size=50_000)
+    rates = [float(to_numpy(schedule(step))) for step in (0, 49_999, 50_000, 100_000, 149_999)]
+    np.testing.assert_allclose(rates, [0.01, 0.01, 0.001, 0.0001, 0.0001], rtol=1e-6)
+    optimizer = training.optimizer(args, 50_000)
+    assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.momentum == 0.0
+    assert training.total_steps(args, 50_000) == 150_000 and training.epoch_count(args, 50_000) == 766
+    cosine = training.learning_rate(distorted_mnist.parse_args(["--epochs", "2"]), train_size=1000)
+    assert float(to_numpy(cosine(8))) == pytest.approx(0.0, abs=1e-9)  # 2 epochs of 4 steps: decayed to 0
+    constant = distorted_mnist.parse_args(["--schedule", "constant", "--lr", "0.05"])
+    assert training.learning_rate(constant, 1000) == 0.05
+
+
+def test_batch_stream_is_a_function_of_seed_and_step():
+    x = np.arange(10)
+    batches = list(itertools.islice(training.batch_stream(x, x, 4, seed=3), 5))  # 20 digits: two passes
+    assert all(len(images) == 4 for images, _ in batches)
+    flat = np.concatenate([images for images, _ in batches])
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))  # each pass a permutation
+    assert not np.array_equal(flat[:10], flat[10:])
+    later = list(itertools.islice(training.batch_stream(x, x, 4, seed=3, start_step=3), 2))
+    np.testing.assert_array_equal(np.concatenate([b for b, _ in later]), flat[12:20])
+    other = next(training.batch_stream(x, x, 4, seed=4))[0]
+    assert not np.array_equal(other, flat[:4])
+
+
+def test_fit_segments_stop_after_exactly_the_steps():
+    assert training.fit_segments(0, 12, 4) == [(0, 3, 4)]
+    assert training.fit_segments(0, 10, 4) == [(0, 2, 4), (2, 3, 2)]
+    assert training.fit_segments(2, 10, 4) == [(2, 3, 2)]
+    assert training.fit_segments(1, 10, 4) == [(1, 2, 4), (2, 3, 2)]
+    assert training.fit_segments(3, 10, 4) == []
+
+
+def test_fit_trains_exactly_the_iterations(rng):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = rng.random((10, 3)).astype("float32"), rng.integers(0, 2, 10)
+    history = training.fit(model, (x, y), seed=0, steps=7, epoch_steps=3, batch_size=4, verbose=0)
+    assert int(to_numpy(model.optimizer.iterations)) == 7
+    assert len(history["loss"]) == 3  # epochs of 3, 3 and 1 steps
 
 
 # ------------------------------------------------------------------------- a --quick MLflow run
@@ -299,6 +390,25 @@ def test_quick_run_records_runs_params_metrics_models_and_figures(tracking_dir, 
         else:
             assert warps == {"warps/epoch_000.png", "warps/epoch_001.png"}
             assert any(isinstance(layer, keras_stn.SpatialTransformer) for layer in loaded.layers)
+
+
+@pytest.mark.slow
+def test_paper_protocol_run_stops_after_the_iterations_and_records_the_protocol(tracking_dir, synthetic_mnist):
+    argv = ["--quick", "--transforms", "none", "--protocol", "paper", "--iterations", "6", "--lr-drop-every", "4"]
+    argv += ["--data", synthetic_mnist, "--cache-dir", str(tracking_dir / "cache"), "--verbose", "0"]
+    argv += ["--results-dir", str(tracking_dir / "results"), "--experiment-name", "paper"]
+    parent_id, rows = study.run(distorted_mnist.parse_args(argv))
+    assert (rows[0]["epochs"], rows[0]["steps"]) == (2, 6)  # 256 training digits at batch 64: epochs of 4 and 2 steps
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("paper")
+    (child,) = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    expected = {"protocol": "paper", "optimizer": "sgd", "momentum": "0.0", "schedule": "step", "lr": "0.01"}
+    expected.update(lr_drop_every="4", lr_drop_factor="0.1", batch_size="64", iterations="6", steps="6")
+    assert {name: child.data.params[name] for name in expected} == expected
+    assert client.get_run(parent_id).data.params["optimizer"] == "sgd"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [1, 2]
+    table = (tracking_dir / "results" / f"rts_{BACKEND}.md").read_text()
+    assert "protocol paper: SGD (momentum 0.0), lr 0.01 × 0.1 every 4 steps, batch 64, 6 steps, --quick" in table
 
 
 def test_backend_version_and_device_are_recorded():
