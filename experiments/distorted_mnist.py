@@ -7,6 +7,7 @@ NumPy is imported: those imports take seconds, so they happen only once there is
 """
 
 import argparse
+import os
 
 from experiments.choices import DISTORTION_HELP, DISTORTIONS, TRANSFORMS
 
@@ -195,6 +196,21 @@ def build_parser():
         help="also write the comparison table (markdown and CSV) into this directory, e.g. experiments/results",
     )
     parser.add_argument(
+        "--runs-dir",
+        default=os.path.join("experiments", "runs"),
+        help="each invocation writes its run folder <runs-dir>/<date-time>_<distortion>_<backend> here, as it goes "
+        "and whether or not MLflow answers: every arm's per-epoch history.csv, checkpoint, test error, trained "
+        "model.keras and figures, and the comparison",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_FOLDER",
+        help="continue the interrupted study of this run folder from its last finished epochs, with the settings "
+        "it was started with (the other flags are ignored, but --verbose), and log to MLflow whatever the "
+        "server missed; on a finished study it only does the latter",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help=f"smoke run of the whole pipeline, {QUICK_SECONDS}, most of it imports, compilation and "
@@ -229,6 +245,8 @@ def parse_args(argv=None):
         parser.error(f"--transforms lists an arm twice: {args.transforms}")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds lists a seed twice: expected distinct seeds, got {args.seeds}")
+    if args.resume is not None and not os.path.isfile(os.path.join(args.resume, "study.json")):
+        parser.error(f"--resume expects a run folder holding a study.json, got {args.resume!r}")
     resolve_protocol(parser, args)
     return args
 

@@ -1,10 +1,16 @@
 """The distorted-MNIST experiment: models, figures, the command line and a --quick MLflow run."""
 
+import contextlib
 import csv
 import itertools
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import keras
@@ -17,7 +23,7 @@ pytest.importorskip("matplotlib", reason="the experiments need the `experiments`
 import mlflow  # noqa: E402
 
 import keras_stn  # noqa: E402
-from experiments import choices, data, distorted_mnist, figures, models, study, tables, tracking, training  # noqa: E402
+from experiments import choices, data, distorted_mnist, figures, models, runs, study, tables, tracking, training  # noqa: E402
 from helpers import BACKEND, to_numpy  # noqa: E402
 
 # ------------------------------------------------------------------------------------ models
@@ -418,7 +424,7 @@ def test_backend_version_and_device_are_recorded():
     assert params["device"].startswith(("cpu", "cuda", "gpu"))
 
 
-def test_epoch_logger_keeps_keras_async_dispatch(tracking_dir, rng):
+def test_epoch_logger_keeps_keras_async_dispatch(tmp_path, rng):
     """No batch-level hook (Keras would then dispatch every training step synchronously), and
     the per-epoch timing still measures the training part of each epoch."""
     for hook in ("on_batch_end", "on_train_batch_begin", "on_train_batch_end", "on_test_batch_end"):
@@ -427,11 +433,197 @@ def test_epoch_logger_keeps_keras_async_dispatch(tracking_dir, rng):
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     images = rng.random((16, 28, 28, 1)).astype("float32")
     labels = rng.integers(0, 10, 16)
-    logger = tracking.EpochLogger("none", images[:4], epochs=2)
-    mlflow.set_experiment("epoch-logger")  # an experiment of this store, not one an earlier test made active
-    with mlflow.start_run():
-        model.fit(
-            images, labels, batch_size=8, epochs=2, validation_data=(images, labels), callbacks=[logger], verbose=0
-        )
-        model.fit(images, labels, batch_size=8, epochs=1, callbacks=[logger], verbose=0)  # no validation
+    arm = runs.Arm(tmp_path / "none_seed0", "none", 0)
+    synced = []
+    logger = tracking.EpochLogger(arm, images[:4], epochs=2, after_epoch=synced.append)
+    model.fit(images, labels, batch_size=8, epochs=2, validation_data=(images, labels), callbacks=[logger], verbose=0)
+    model.fit(images, labels, batch_size=8, epochs=1, callbacks=[logger], verbose=0)  # no validation
     assert len(logger.step_ms) == 3 and all(ms > 0 for ms in logger.step_ms)
+    assert synced == [arm] * 3 and arm.state["epochs_done"] == 3
+    history = arm.history()
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert "val_error" in history[1] and "val_error" not in history[2]
+    assert [path.name for path in arm.folder.glob("checkpoint-*.keras")] == ["checkpoint-0003.keras"]
+
+
+# ------------------------------------------------------- runs that survive outages and interruptions
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite store, that a test can kill and restart."""
+
+    START_SECONDS = 120
+
+    def __init__(self, root):
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.port, self.process = root, free_port(), None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}"]
+        command += ["--artifacts-destination", str(self.root / "artifacts")]
+        environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        with open(self.root / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+            )
+        deadline = time.monotonic() + self.START_SECONDS
+        for _ in range(4 * self.START_SECONDS):  # bounded in count and in time
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                break
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
+
+    def stop(self):
+        """Kills the server and its workers at once (SIGKILL: an outage, not a shutdown)."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    server = MlflowServer(tmp_path / "server")
+    try:
+        server.start()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        # A dead server should cost a second per call here, not MLflow's minutes.
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        mlflow.set_tracking_uri(None)
+        yield server
+    finally:
+        server.stop()
+        mlflow.set_tracking_uri(None)
+
+
+class Outage(keras.callbacks.Callback):
+    """Kills the server after the first epoch of the first arm, restarts it as the second arm starts."""
+
+    def __init__(self, server):
+        super().__init__()
+        self.server, self.arms = server, 0
+
+    def on_train_begin(self, logs=None):
+        self.arms += 1
+        if self.arms == 2:
+            self.server.start()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.arms == 1 and epoch == 0:
+            self.server.stop()
+
+
+def children_of(client, experiment_name, parent_id):
+    experiment = client.get_experiment_by_name(experiment_name)
+    found = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    return experiment, {(run.data.params["transform"], int(run.data.params["seed"])): run for run in found}
+
+
+def check_run_folder(folder, arms, epochs):
+    assert json.loads((folder / "study.json").read_text())["status"] == "finished"
+    for name in ("comparison.md", "comparison.csv", "learning_curves.png", f"rts_{BACKEND}.csv"):
+        assert (folder / name).is_file(), name
+    for transform, seed in arms:
+        arm = runs.Arm(folder / f"{transform}_seed{seed}", transform, seed)
+        assert arm.state["status"] == "trained" and np.isfinite(arm.state["row"]["test_error"])
+        assert [row["epoch"] for row in arm.history()] == list(range(1, epochs + 1))
+        assert arm.model_path.is_file() and not list(arm.folder.glob("checkpoint-*.keras"))
+
+
+@pytest.mark.slow
+def test_a_tracking_outage_loses_nothing_and_the_runs_are_closed_when_the_server_is_back(
+    mlflow_server, synthetic_mnist, tmp_path, capsys
+):
+    argv = ["--quick", "--transforms", "none", "--seeds", "0", "1", "--epochs", "2", "--verbose", "0"]
+    argv += ["--data", synthetic_mnist, "--cache-dir", str(tmp_path / "cache"), "--runs-dir", str(tmp_path / "runs")]
+    argv += ["--experiment-name", "outage"]
+    parent_id, rows = study.run(distorted_mnist.parse_args(argv), callbacks=[Outage(mlflow_server)])
+
+    assert [(row["transform"], row["seed"]) for row in rows] == [("none", 0), ("none", 1)]
+    err = capsys.readouterr().err
+    assert err.count("MLflow tracking failed") == 1 and "Training goes on without it" in err
+    assert "MLflow answers again" in err, err
+    (folder,) = (tmp_path / "runs").iterdir()
+    check_run_folder(folder, [("none", 0), ("none", 1)], epochs=2)
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and set(parent.data.metrics) == {"test_error_none", "test_error_std_none"}
+    experiment, children = children_of(client, "outage", parent_id)
+    assert sorted(children) == [("none", 0), ("none", 1)]
+    for (_, seed), child in children.items():
+        assert child.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [1, 2]
+        assert child.data.metrics["test_error"] == pytest.approx(rows[seed]["test_error"], abs=0.01)
+        logged = client.search_logged_models(
+            [experiment.experiment_id], filter_string=f"source_run_id = '{child.info.run_id}'"
+        )
+        assert len(logged) == 1
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Stops the process's study after its first epoch, as a crash would."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        raise InterruptedError(f"interrupted after epoch {epoch + 1}")
+
+
+class EpochCounter(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+@pytest.mark.slow
+def test_resume_trains_only_the_remaining_epochs_and_matches_an_uninterrupted_run(tracking_dir, synthetic_mnist):
+    argv = ["--quick", "--transforms", "none", "--epochs", "3", "--verbose", "0", "--data", synthetic_mnist]
+    argv += ["--cache-dir", str(tracking_dir / "cache"), "--experiment-name", "resume"]
+    with pytest.raises(InterruptedError):
+        study.run(distorted_mnist.parse_args([*argv, "--runs-dir", str(tracking_dir / "interrupted")]), [Interrupt()])
+    (folder,) = (tracking_dir / "interrupted").iterdir()
+    arm = runs.Arm(folder / "none_seed0", "none", 0)
+    assert arm.state["epochs_done"] == 1 and arm.checkpoint_path().is_file()
+    client = mlflow.MlflowClient()
+    assert client.get_run(arm.mlflow["run_id"]).info.status == "KILLED"
+
+    counter = EpochCounter()
+    parent_id, (resumed,) = study.run(
+        distorted_mnist.parse_args(["--resume", str(folder), "--verbose", "0"]), [counter]
+    )
+    assert counter.epochs == [1, 2]  # 0-based: the second and third epochs only
+    check_run_folder(folder, [("none", 0)], epochs=3)
+    _, children = children_of(client, "resume", parent_id)
+    child = children[("none", 0)]
+    assert child.info.status == "FINISHED" and client.get_run(parent_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [1, 2, 3]
+
+    # The same study without the interruption: the resumed run restored weights, optimizer state
+    # and step counter, and saw the same batches, so it ends with the same weights (to float rounding).
+    _, (uninterrupted,) = study.run(distorted_mnist.parse_args([*argv, "--runs-dir", str(tracking_dir / "straight")]))
+    (straight,) = (tracking_dir / "straight").iterdir()
+    weights = keras.saving.load_model(arm.model_path).get_weights()
+    reference = keras.saving.load_model(straight / "none_seed0" / "model.keras").get_weights()
+    for resumed_weight, reference_weight in zip(weights, reference, strict=True):
+        np.testing.assert_allclose(resumed_weight, reference_weight, rtol=1e-4, atol=1e-6)
+    assert resumed["test_error"] == pytest.approx(uninterrupted["test_error"], abs=0.8)  # at most one test digit
