@@ -36,8 +36,8 @@ import keras
 import numpy as np
 
 import keras_stn
+from experiments.choices import DISTORTIONS
 
-DISTORTIONS = ("r", "rts", "p", "e", "t", "cluttered")
 CANVAS = {"r": 28, "rts": 42, "p": 28, "e": 28, "t": 60, "cluttered": 60}
 DIGIT = 28
 HALF = DIGIT / 2

@@ -1,61 +1,72 @@
-"""Distorted-MNIST comparison: the CNN against ST-CNNs with each transform, tracked in MLflow.
+"""Command line of the distorted-MNIST comparison (the work is done in `experiments.study`).
 
     python -m experiments.distorted_mnist --distortion rts --transforms none affine attention
 
-One invocation is one MLflow parent run ("<distortion> <backend>"), with a nested child run per
-transform. Each child records its parameters (transform, distortion, backend and versions,
-epochs, batch size, learning rate, seed, device), per-epoch metrics (training and validation
-loss/accuracy, validation error, step time), the final test error, the trained model (MLflow's
-Keras flavour: `import keras_stn` then `mlflow.keras.load_model(uri)`) and, for ST-CNNs, galleries
-of validation digits next to what the transformer made of them at several epochs. The parent
-records the comparison table (`comparison.csv`, `comparison.md`, with the paper's errors beside
-ours) and the learning curves of every arm (`learning_curves.png`).
-
-Training: Adam with a cosine-decayed learning rate, 10,000 training digits held out for
-validation, the test split for the final error. The paper trains with SGD for 150k iterations
-(about 640 epochs at batch 256); we train far shorter, so compare the ordering of the arms with
-the paper's rather than the absolute errors.
+The arguments are parsed, and `--help` or an argument error answered, before Keras, MLflow or
+NumPy is imported: those imports take seconds, so they happen only once there is work to do.
 """
 
 import argparse
-import contextlib
-import csv
-import io
 import os
-import sys
-import time
 
-import keras
-import mlflow
-import numpy as np
+from experiments.choices import DISTORTION_HELP, DISTORTIONS, TRANSFORMS
 
-from experiments import data as data_lib
-from experiments.figures import learning_curves
-from experiments.models import build_model, transform_choices
-from experiments.paper import paper_test_error
-from experiments.tracking import EpochLogger, environment_params, log_figure, pip_requirements
-
-VALIDATION_SIZE = 10_000
-GALLERY_SIZE = 16
 QUICK = {"num_train": 384, "num_test": 128, "validation": 128, "epochs": 1, "batch_size": 64}
-TABLE_COLUMNS = (
-    "transform",
-    "test_error",
-    "paper_test_error",
-    "best_val_error",
-    "epochs",
-    "train_seconds",
-    "step_ms",
-    "params",
-    "backend",
-    "device",
-)
+# Wall time of `--quick` measured on a 2-core CPU, interpreter start and imports included: 17-33 s with
+# one arm, 27-40 s with two (torch fastest, jax slowest).
+QUICK_SECONDS = "tens of seconds (17-33 s with one arm, 27-40 s with two, on a 2-core CPU)"
+
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+LEARNING_RATES = {"adam": 1e-3, "sgd": 0.01}
+STEP_SCHEDULE = {"lr_drop_every": 50_000, "lr_drop_factor": 0.1}
+# The paper (PAPER.md): SGD, batch 256, lr 0.01 divided by 10 every 50k iterations, 150k iterations.
+# It states no momentum, so the paper protocol uses plain SGD (momentum 0).
+PROTOCOLS = {
+    "default": {"optimizer": "adam", "schedule": "cosine", "batch_size": 256, "epochs": 10, "iterations": None},
+    "paper": {"optimizer": "sgd", "schedule": "step", "batch_size": 256, "epochs": None, "iterations": 150_000},
+}
+
+
+def protocol_text(name):
+    settings = PROTOCOLS[name]
+    optimizer = "SGD" if settings["optimizer"] == "sgd" else "Adam"
+    rate = LEARNING_RATES[settings["optimizer"]]
+    schedule = {
+        "cosine": f"lr {rate} cosine-decayed to 0",
+        "step": f"lr {rate} divided by {round(1 / STEP_SCHEDULE['lr_drop_factor'])} every "
+        f"{STEP_SCHEDULE['lr_drop_every']} steps",
+    }[settings["schedule"]]
+    length = f"{settings['iterations']} steps" if settings["iterations"] else f"{settings['epochs']} epochs"
+    return f"{optimizer}, {schedule}, batch {settings['batch_size']}, {length}"
 
 
 def positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def unit_interval_float(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
+def fraction(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
     return value
 
 
@@ -66,7 +77,14 @@ def positive_float(text):
     return value
 
 
-def parse_args(argv=None):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the None of flags whose default depends on others (their help says it)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m experiments.distorted_mnist",
         description=(
@@ -74,30 +92,93 @@ def parse_args(argv=None):
             "errors, logging everything to MLflow (MLFLOW_TRACKING_URI, default a local store in the "
             "working directory). Uses the GPU when the Keras backend (KERAS_BACKEND) sees one."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--distortion",
-        choices=data_lib.DISTORTIONS,
-        default="rts",
-        help="r: rotated ±90°; rts: rotated, scaled, translated in 42x42; p: projective; e: elastic; "
-        "t: translated in 60x60; cluttered: t plus clutter from other digits",
-    )
+    parser.add_argument("--distortion", choices=DISTORTIONS, default="rts", help=DISTORTION_HELP)
     parser.add_argument(
         "--transforms",
         nargs="+",
-        choices=transform_choices(),
+        choices=TRANSFORMS,
         default=["none", "affine", "attention"],
         metavar="TRANSFORM",
         help=f"the arms to train, one child run each; 'none' is the CNN without a transformer. "
-        f"Choices: {', '.join(transform_choices())}",
+        f"Choices: {', '.join(TRANSFORMS)}",
     )
-    parser.add_argument("--epochs", type=positive_int, default=10, help="training epochs per arm")
-    parser.add_argument("--batch-size", type=positive_int, default=256, help="training batch size")
     parser.add_argument(
-        "--lr", type=positive_float, default=1e-3, help="initial Adam learning rate (cosine-decayed to 0)"
+        "--protocol",
+        choices=tuple(PROTOCOLS),
+        default="default",
+        help="training settings in one flag: 'default' is "
+        + protocol_text("default")
+        + "; 'paper' is the paper's "
+        + protocol_text("paper")
+        + ". Any flag below given explicitly overrides its value",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data generation and of the weights")
+    parser.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default=None, help="the optimizer (default: from --protocol)"
+    )
+    parser.add_argument(
+        "--momentum",
+        type=unit_interval_float,
+        default=None,
+        help="SGD momentum, in [0, 1) (default: 0, plain SGD as the paper states; --optimizer sgd only)",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=None,
+        help="learning rate over the run: cosine-decayed to 0, 'step' (times --lr-drop-factor every "
+        "--lr-drop-every steps) or constant (default: from --protocol)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help=f"initial learning rate (default: {LEARNING_RATES['adam']} for Adam, {LEARNING_RATES['sgd']} for SGD)",
+    )
+    parser.add_argument(
+        "--lr-drop-every",
+        type=positive_int,
+        default=None,
+        help=f"steps between learning-rate drops of --schedule step (default: {STEP_SCHEDULE['lr_drop_every']})",
+    )
+    parser.add_argument(
+        "--lr-drop-factor",
+        type=fraction,
+        default=None,
+        help=f"factor of each drop of --schedule step, in (0, 1) (default: {STEP_SCHEDULE['lr_drop_factor']})",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="training epochs (passes over the training digits) per arm (default: from --protocol)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=positive_int,
+        default=None,
+        help="training steps per arm, instead of --epochs: the run stops after exactly this many batches "
+        "(its last epoch may be shorter) (default: from --protocol)",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="training batch size (default: 256)")
+    parser.add_argument(
+        "--seeds",
+        "--seed",
+        nargs="+",
+        type=non_negative_int,
+        default=[0],
+        metavar="SEED",
+        help="seeds of the weights and of the shuffling, one child run per (transform, seed); the comparison "
+        "reports the mean and standard deviation over them (e.g. --seeds 0 1 2, as the paper averages 3)",
+    )
+    parser.add_argument(
+        "--data-seed",
+        type=non_negative_int,
+        default=0,
+        help="seed of the distorted dataset, the same for every --seeds value so that the seeds measure the "
+        "training noise alone",
+    )
     parser.add_argument(
         "--data",
         default=None,
@@ -115,10 +196,27 @@ def parse_args(argv=None):
         help="also write the comparison table (markdown and CSV) into this directory, e.g. experiments/results",
     )
     parser.add_argument(
+        "--runs-dir",
+        default=os.path.join("experiments", "runs"),
+        help="each invocation writes its run folder <runs-dir>/<date-time>_<distortion>_<backend> here, as it goes "
+        "and whether or not MLflow answers: every arm's per-epoch history.csv, checkpoint, test error, trained "
+        "model.keras and figures, and the comparison",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_FOLDER",
+        help="continue the interrupted study of this run folder from its last finished epochs, with the settings "
+        "it was started with (the other flags are ignored, but --verbose), and log to MLflow whatever the "
+        "server missed; on a finished study it only does the latter",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"smoke test: {QUICK['num_train']} training digits ({QUICK['validation']} held out), "
-        f"{QUICK['num_test']} test digits, {QUICK['epochs']} epoch, batch {QUICK['batch_size']}",
+        help=f"smoke run of the whole pipeline, {QUICK_SECONDS}, most of it imports, compilation and "
+        f"MLflow: {QUICK['num_train']} training digits ({QUICK['validation']} held out), "
+        f"{QUICK['num_test']} test digits, {QUICK['epochs']} epoch and batch {QUICK['batch_size']} unless --epochs / "
+        "--iterations / --batch-size say otherwise",
     )
     parser.add_argument(
         "--distribute",
@@ -128,183 +226,70 @@ def parse_args(argv=None):
         "device (DistributedDataParallel, README 'Multiple devices') and rejects the flag",
     )
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2, help="Keras fit verbosity")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.distribute and keras.config.backend() == "torch":
-        parser.error(
-            "--distribute is not available on the torch backend: Keras's fit runs one process, and torch "
-            "trains on several devices with one process per device (DistributedDataParallel; see the README's "
-            "'Multiple devices')"
-        )
+    if args.distribute:
+        import keras  # only here: the backend decides, and --help must not pay for the import
+
+        if keras.config.backend() == "torch":
+            parser.error(
+                "--distribute is not available on the torch backend: Keras's fit runs one process, and torch "
+                "trains on several devices with one process per device (DistributedDataParallel; see the "
+                "README's 'Multiple devices')"
+            )
     if len(set(args.transforms)) != len(args.transforms):
         parser.error(f"--transforms lists an arm twice: {args.transforms}")
-    if args.quick:
-        args.epochs, args.batch_size = QUICK["epochs"], QUICK["batch_size"]
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds lists a seed twice: expected distinct seeds, got {args.seeds}")
+    if args.resume is not None and not os.path.isfile(os.path.join(args.resume, "study.json")):
+        parser.error(f"--resume expects a run folder holding a study.json, got {args.resume!r}")
+    resolve_protocol(parser, args)
     return args
 
 
-def load_splits(args):
-    """Train/validation/test arrays of the distortion; validation is the end of the training split."""
-    sizes = {"num_train": QUICK["num_train"], "num_test": QUICK["num_test"]} if args.quick else {}
-    arrays = data_lib.load_distorted(args.distortion, data=args.data, seed=args.seed, cache_dir=args.cache_dir, **sizes)
-    validation = QUICK["validation"] if args.quick else VALIDATION_SIZE
-    x, y = arrays["x_train"], arrays["y_train"]
-    return {
-        "train": (x[:-validation], y[:-validation]),
-        "validation": (x[-validation:], y[-validation:]),
-        "test": (arrays["x_test"], arrays["y_test"]),
-    }
-
-
-def inference_copy(model):
-    """The trained model without its optimizer, for logging: a model saved compiled under torch
-    stores a torch-only optimizer class and fails to load where torch is not installed, whereas
-    an uncompiled one loads under every backend (compile it again there to train on)."""
-    copy = type(model).from_config(model.get_config())  # the architecture alone (clone_model keeps the compile)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def data_parallel(distribute):
-    """The context the model is built, trained and evaluated in: data parallel over every visible
-    device of the backend with `--distribute`, else the default (one device)."""
-    if not distribute:
-        return contextlib.nullcontext()
-    if keras.config.backend() == "jax":
-        return keras.distribution.DataParallel(devices=keras.distribution.list_devices()).scope()
-    import tensorflow as tf
-
-    return tf.distribute.MirroredStrategy().scope()
-
-
-def train_arm(transform, splits, args):
-    """Trains one arm inside the active (child) MLflow run; returns its row of the comparison."""
-    with data_parallel(args.distribute):
-        return train_arm_on_devices(transform, splits, args)
-
-
-def train_arm_on_devices(transform, splits, args):
-    keras.utils.set_random_seed(args.seed)
-    x_train, y_train = splits["train"]
-    model = build_model(transform, x_train.shape[1:])
-    steps = args.epochs * int(np.ceil(len(x_train) / args.batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=steps)
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    mlflow.log_params({"params": model.count_params(), "model": model.name, "train_size": len(x_train)})
-    logger = EpochLogger(transform, splits["validation"][0][:GALLERY_SIZE], args.epochs)
-    start = time.perf_counter()
-    history = model.fit(
-        x_train,
-        y_train,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        validation_data=splits["validation"],
-        callbacks=[logger],
-        verbose=args.verbose,
-    )
-    train_seconds = time.perf_counter() - start
-    x_test, y_test = splits["test"]
-    _, test_accuracy = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0)
-    test_error = 100.0 * (1.0 - test_accuracy)
-    mlflow.log_metrics({"test_error": test_error, "test_accuracy": test_accuracy, "train_seconds": train_seconds})
-    signature = mlflow.models.infer_signature(x_test[:2], model.predict(x_test[:2], verbose=0))
-    mlflow.keras.log_model(
-        inference_copy(model), name="model", signature=signature, pip_requirements=pip_requirements()
-    )
-    environment = environment_params()
-    row = {
-        "transform": transform,
-        "test_error": round(test_error, 2),
-        "paper_test_error": paper_test_error(args.distortion, transform),
-        "best_val_error": round(100.0 * (1.0 - max(history.history["val_accuracy"])), 2),
-        "epochs": args.epochs,
-        "train_seconds": round(train_seconds, 1),
-        "step_ms": round(float(np.median(logger.step_ms)), 1),
-        "params": model.count_params(),
-        "backend": environment["backend"],
-        "device": environment["device"],
-    }
-    return row, history.history
-
-
-def table_csv(rows):
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def table_markdown(rows, args, environment):
-    """The comparison as a markdown table with the run's settings above it."""
-
-    def cell(value):
-        return "–" if value is None else str(value)
-
-    lines = [
-        f"# Distorted MNIST `{args.distortion}`: test error (%)",
-        "",
-        f"- backend {environment['backend']} {environment['backend_version']}, keras {environment['keras_version']}, "
-        f"keras_stn {environment['keras_stn_version']}, device {environment['device']}",
-        f"- epochs {args.epochs}, batch {args.batch_size}, Adam lr {args.lr} (cosine), seed {args.seed}"
-        + (", --quick" if args.quick else ""),
-        "- paper: Jaderberg et al. 2015, Table 1 (SGD, 150k iterations, mean of 3 seeds); – where it reports none",
-        "",
-        "| " + " | ".join(TABLE_COLUMNS) + " |",
-        "| " + " | ".join("---" for _ in TABLE_COLUMNS) + " |",
-    ]
-    lines += ["| " + " | ".join(cell(row[column]) for column in TABLE_COLUMNS) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def run(args):
-    """Runs the comparison described by parsed `args`; returns (parent run id, comparison rows)."""
-    splits = load_splits(args)
-    environment = environment_params()
-    mlflow.set_experiment(args.experiment_name)
-    rows, histories = [], {}
-    run_name = f"{args.distortion} {environment['backend']}" + (" quick" if args.quick else "")
-    with mlflow.start_run(run_name=run_name) as parent:
-        common = {
-            "distortion": args.distortion,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "seed": args.seed,
-            "quick": args.quick,
-            "distribute": args.distribute,
-            **environment,
-        }
-        mlflow.log_params({**common, "transforms": " ".join(args.transforms)})
-        for transform in args.transforms:
-            with mlflow.start_run(run_name=transform, nested=True):
-                mlflow.log_params({**common, "transform": transform})
-                row, history = train_arm(transform, splits, args)
-            rows.append(row)
-            histories[transform] = history
-            print(f"{transform}: test error {row['test_error']:.2f}%", file=sys.stderr)
-        markdown = table_markdown(rows, args, environment)
-        mlflow.log_text(table_csv(rows), "comparison.csv")
-        mlflow.log_text(markdown, "comparison.md")
-        log_figure(learning_curves(histories, f"distorted MNIST {args.distortion}"), "learning_curves.png")
-        for row in rows:
-            mlflow.log_metric(f"test_error_{row['transform']}", row["test_error"])
-    if args.results_dir:
-        os.makedirs(args.results_dir, exist_ok=True)
-        stem = os.path.join(args.results_dir, f"{args.distortion}_{environment['backend']}")
-        with open(stem + ".md", "w") as handle:
-            handle.write(markdown)
-        with open(stem + ".csv", "w") as handle:
-            handle.write(table_csv(rows))
-    print(markdown)
-    return parent.info.run_id, rows
+def resolve_protocol(parser, args):
+    """Fills every training setting the command line left unset from `--protocol` (and `--quick`),
+    after refusing the combinations that contradict each other."""
+    if args.epochs is not None and args.iterations is not None:
+        parser.error(
+            f"--epochs and --iterations both set the length of the run: expected one of them, got "
+            f"--epochs {args.epochs} --iterations {args.iterations}"
+        )
+    protocol = PROTOCOLS[args.protocol]
+    args.optimizer = args.optimizer or protocol["optimizer"]
+    args.schedule = args.schedule or protocol["schedule"]
+    if args.momentum is not None and args.optimizer != "sgd":
+        parser.error(
+            f"--momentum applies to --optimizer sgd only: got --momentum {args.momentum} with "
+            f"--optimizer {args.optimizer}"
+        )
+    for flag, value in (("--lr-drop-every", args.lr_drop_every), ("--lr-drop-factor", args.lr_drop_factor)):
+        if value is not None and args.schedule != "step":
+            parser.error(f"{flag} applies to --schedule step only: got {flag} {value} with --schedule {args.schedule}")
+    if args.optimizer == "sgd" and args.momentum is None:
+        args.momentum = 0.0
+    if args.schedule == "step":
+        args.lr_drop_every = args.lr_drop_every or STEP_SCHEDULE["lr_drop_every"]
+        args.lr_drop_factor = args.lr_drop_factor or STEP_SCHEDULE["lr_drop_factor"]
+    args.lr = args.lr or LEARNING_RATES[args.optimizer]
+    if args.epochs is None and args.iterations is None:
+        if args.quick:
+            args.epochs = QUICK["epochs"]
+        else:
+            args.epochs, args.iterations = protocol["epochs"], protocol["iterations"]
+    if args.batch_size is None:
+        args.batch_size = QUICK["batch_size"] if args.quick else protocol["batch_size"]
 
 
 def main(argv=None):
-    run(parse_args(argv))
+    args = parse_args(argv)
+    from experiments import study  # the frameworks, imported once the arguments are known to be good
+
+    study.run(args)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ Architecture (the paper's distorted-MNIST ST-CNN, Jaderberg et al. 2015, appendi
 import keras
 
 import keras_stn
+from experiments.choices import NO_TRANSFORM
 from keras_stn.layers import default_localization
 
-NO_TRANSFORM = "none"
 TRANSFORMER_NAME = "spatial_transformer"
 LOCALIZATION_UNITS = 20
 CLASSIFIER_FILTERS = (32, 64)

@@ -1,4 +1,5 @@
-"""MLflow logging for the experiments: environment parameters and a per-epoch Keras callback.
+"""Recording the experiments: environment parameters, a per-epoch Keras callback writing the run
+folder, and MLflow calls that never stop the training.
 
 Runs go to the standard `MLFLOW_TRACKING_URI` (MLflow's default local store in the working
 directory when it is unset).
@@ -6,7 +7,9 @@ directory when it is unset).
 
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import keras
 import matplotlib.pyplot as plt
@@ -85,30 +88,115 @@ def figure_epochs(epochs):
     return sorted(chosen)
 
 
-def log_figure(figure, path):
-    mlflow.log_figure(figure, path)
+# MLflow retries each HTTP request MLFLOW_HTTP_REQUEST_MAX_RETRIES times (its default 7, with
+# backoff, is about 4 minutes per call against a server that is down). The experiments keep the
+# user's values and otherwise set these: a dead server costs seconds per call, and the run folder
+# keeps what MLflow missed until the server is back.
+TRACKING_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+RECONNECT_SECONDS = 60.0  # while offline, how often an epoch's end asks whether the server is back
+
+
+def set_tracking_env_defaults():
+    """Sets each of `TRACKING_ENV_DEFAULTS` the user did not set; returns the values in force."""
+    for name, value in TRACKING_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    return {name: os.environ[name] for name in TRACKING_ENV_DEFAULTS}
+
+
+class Tracker:
+    """MLflow calls that never stop the training.
+
+    `call` runs one client call; when it fails (after MLflow's own bounded retries) the tracker
+    goes offline: it says so once on stderr and skips every call until `reconnect` finds the
+    server answering again. Whatever is skipped is re-logged by the caller from its run folder
+    (`RunFolder` records what MLflow already holds).
+    """
+
+    def __init__(self, experiment_name, folder):
+        self.client = mlflow.MlflowClient()
+        self.experiment_name = experiment_name
+        self.folder = folder
+        self.online = True
+        self.outages = 0
+        self._offline_since = None
+
+    def call(self, what, function, *args, **kwargs):
+        """`(True, function(*args, **kwargs))`, or `(False, None)` when offline or when it fails."""
+        if not self.online:
+            return False, None
+        try:
+            return True, function(*args, **kwargs)
+        except Exception as error:  # any failure of tracking: the training goes on regardless
+            self.online = False
+            self._offline_since = time.monotonic()
+            self.outages += 1
+            if self.outages == 1:
+                print(
+                    f"MLflow tracking failed ({what}: {type(error).__name__}: {str(error)[:300]}). Training goes "
+                    f"on without it; {self.folder} keeps every result, and what MLflow missed is logged when the "
+                    "server answers again (at the latest at the end of the study, or with --resume "
+                    f"{self.folder}).",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return False, None
+
+    def reconnect(self, force=False):
+        """Whether MLflow answers; while offline it is asked at most every `RECONNECT_SECONDS`
+        unless `force`."""
+        if self.online:
+            return True
+        if not force and time.monotonic() - self._offline_since < RECONNECT_SECONDS:
+            return False
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception:
+            self._offline_since = time.monotonic()
+            return False
+        self.online = True
+        print("MLflow answers again: logging what it missed.", file=sys.stderr, flush=True)
+        return True
+
+    def experiment_id(self):
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return self.client.create_experiment(self.experiment_name)
+
+
+def save_figure(figure, path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Logs each epoch's metrics and timing to the active MLflow run, and warp galleries.
+    """Records each epoch in the arm's run folder as it ends, then calls `after_epoch(arm)`.
 
-    Metrics: `loss`, `accuracy`, `val_loss`, `val_accuracy`, `val_error` (percent),
-    `epoch_seconds` (training part of the epoch) and `step_ms` (that over the number of steps).
-    For an ST-CNN the gallery of `sample_images` next to the transformer's output is logged as
-    `warps/epoch_XXX.png` before training and after each epoch of `figure_epochs(epochs)`.
+    Per epoch (`runs.Arm.finish_epoch`): the row of `history.csv` (`loss`, `accuracy`,
+    `val_loss`, `val_accuracy`, `val_error` in percent, `epoch_seconds` of training, `step_ms`
+    that over the number of steps, `timestamp_ms`) and the compiled model as the checkpoint that
+    `--resume` continues from. For an ST-CNN, the gallery of `sample_images` next to the
+    transformer's output is saved as `warps/epoch_XXX.png` before training and after each epoch
+    of `figure_epochs(epochs)`.
 
     Args:
-        arm: the transform name, for figure titles.
+        arm: the `experiments.runs.Arm` whose folder receives the records.
         sample_images: `(N, H, W, C)` images to draw, N a multiple of 4.
-        epochs: the number of epochs the model is fit for.
+        epochs: the number of epochs the arm trains in all.
+        after_epoch: called with `arm` after each recorded epoch (the MLflow sync), or None.
     """
 
-    def __init__(self, arm, sample_images, epochs):
+    def __init__(self, arm, sample_images, epochs, after_epoch=None):
         super().__init__()
         self.arm = arm
         self.sample_images = sample_images
         self.figure_epochs = figure_epochs(epochs)
+        self.after_epoch = after_epoch
         self.step_ms = []
         self._warper = None
         self._epoch_start = None
@@ -116,7 +204,8 @@ class EpochLogger(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._warper = transformer_output(self.model)
-        self._log_warps(0)
+        if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == 0:  # not a later `fit` of the run
+            self._save_warps(0)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
@@ -143,14 +232,15 @@ class EpochLogger(keras.callbacks.Callback):
         metrics = {name: float(value) for name, value in (logs or {}).items() if np.isscalar(value)}
         if "val_accuracy" in metrics:
             metrics["val_error"] = 100.0 * (1.0 - metrics["val_accuracy"])
-        metrics.update(epoch_seconds=seconds, step_ms=self.step_ms[-1])
-        mlflow.log_metrics(metrics, step=epoch + 1)
-        self._log_warps(epoch + 1)
+        metrics.update(epoch_seconds=seconds, step_ms=self.step_ms[-1], timestamp_ms=int(time.time() * 1000))
+        self.arm.finish_epoch(metrics, self.model.save)
+        self._save_warps(epoch + 1)
+        if self.after_epoch is not None:
+            self.after_epoch(self.arm)
 
-    def _log_warps(self, epoch):
+    def _save_warps(self, epoch):
         if self._warper is None or epoch not in self.figure_epochs:
             return
         warped = keras.ops.convert_to_numpy(self._warper(self.sample_images, training=False))
-        log_figure(
-            warp_gallery(self.sample_images, warped, f"{self.arm}, epoch {epoch}"), f"warps/epoch_{epoch:03d}.png"
-        )
+        figure = warp_gallery(self.sample_images, warped, f"{self.arm.transform}, epoch {epoch}")
+        save_figure(figure, self.arm.folder / "warps" / f"epoch_{epoch:03d}.png")
