@@ -158,6 +158,38 @@ def test_native_non_finite_coordinates_read_nothing(interpolation, padding_mode,
 
 
 @torch_only
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", PADDINGS)
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_native_affine_sample_non_finite_and_huge_thetas(interpolation, padding_mode, align_corners, rng):
+    """`affine_sample` applies the grid rules per image (native.affine_sample): an image whose
+    theta has a NaN or inf reads nothing, with zero gradients, a huge theta reads the padding,
+    and the other images are untouched; the output size 1 takes the unit-size grid path."""
+    for out_size in [(4, 5), (1, 3)]:
+        theta = random_theta(rng, 6, (5, 6), out_size, align_corners, margin=1e-3, dtype="float64", scale=0.5)
+        theta[1, 0, 0] = np.nan
+        theta[2, 1, 2] = np.inf
+        theta[3, 0, 1] = -np.inf
+        theta[4, 0, 2] = 1e35  # clipped to 2**100: far to the right
+        images = rng.random((6, 5, 6, 2)) + 0.5
+        weights = tensor(rng.normal(size=(6, *out_size, 2)))
+
+        def loss(images, theta, out_size=out_size, weights=weights):
+            out = affine_sample(images, theta, out_size, interpolation, padding_mode, align_corners)
+            return keras.ops.sum(out * weights)
+
+        native_result, portable_result = both_samplers(loss, images, theta)
+        assert_same(native_result, portable_result, rtol=1e-7, atol=1e-9)
+        _, (grad_images, grad_theta) = native_result
+        assert np.all(grad_images[1:4] == 0) and np.all(grad_theta[1:4] == 0)
+        with sampler("native"):
+            out = to_numpy(affine_sample(images, theta, out_size, interpolation, padding_mode, align_corners))
+        assert np.all(out[1:4] == 0)
+        assert np.all(out[4] == 0) if padding_mode == "zeros" else np.all(out[4] != 0)
+        assert np.any(out[0] != 0) and np.any(out[5] != 0)
+
+
+@torch_only
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
 @pytest.mark.parametrize("interpolation", INTERPOLATIONS)
 def test_native_huge_coordinates_agree(interpolation, padding_mode, rng):

@@ -8,7 +8,8 @@ kernel instead, wrapped so that the library's documented rules still hold:
 
 - non-finite grid coordinates read nothing (output 0, gradient 0) in every padding mode,
   where PyTorch would clamp `inf` under border padding or return NaN for bicubic;
-- finite coordinates are bounded to `+-COORDINATE_BOUND` first, as in the portable path;
+- finite coordinates are bounded to `+-COORDINATE_BOUND` first, as in the portable path
+  (`affine_sample` bounds theta instead, which bounds its coordinates to 3 times that);
 - half-precision images are sampled in float32 and returned in their own dtype;
 - channels-last tensors are passed as permuted views, without a copy.
 
@@ -73,13 +74,11 @@ def from_channels_first(output, data_format):
     return output.permute(sampling.channels_last_axes(output.dim()))
 
 
-def sample(images, grid, interpolation, padding_mode, align_corners, data_format, work, exact=None):
+def sample(images, grid, interpolation, padding_mode, align_corners, data_format, work):
     """`torch.nn.functional.grid_sample` on validated torch tensors, under the library's rules.
 
     `work` is the dtype coordinates and weights are computed in (see `sampling.working_dtype`);
-    images and grid are cast to it and the result back to the images' dtype. `exact`, a
-    `(B, 1, ..., 1)` bool tensor, marks the images whose output is their input bit for bit (with
-    the kernel's gradient): those of an exact identity theta. The rules are
+    images and grid are cast to it and the result back to the images' dtype. The rules are
     tensor operations on every call, with no branch on values: a graph without breaks for
     `torch.compile` and no device sync on CUDA.
     """
@@ -99,21 +98,32 @@ def sample(images, grid, interpolation, padding_mode, align_corners, data_format
         safe = torch.where(finite.unsqueeze(-1), grid.clamp(-bound, bound), 0.0)
         output = F.grid_sample(source, safe, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
         output = torch.where(finite.unsqueeze(1), output, 0.0)
-    if exact is not None:
-        # In the kernel's layout, where the output is contiguous: about twice as fast as in the
-        # permuted channels-last view for many channels.
-        output = ExactWhere.apply(exact, source.detach(), output)
     return from_channels_first(output, data_format).to(images.dtype)
 
 
 def affine_sample(images, theta, size, interpolation, padding_mode, align_corners, data_format, work):
     """`grid_sample(images, affine_grid(theta, size))` with PyTorch's own kernels; `size` is
-    the output's spatial size (`None`: the input's), `theta` a validated `(B, n, n + 1)` tensor."""
+    the output's spatial size (`None`: the input's), `theta` a validated `(B, n, n + 1)` tensor
+    whose finite entries are bounded (`sampling.bound_finite`).
+
+    The library's rules hold per image here, which spares the passes over the grid that
+    `sample` makes: a grid coordinate is `theta`'s row times `(x, y, 1)` with `|x|, |y| <= 1`,
+    so it is finite for every pixel when the row is finite (and at most 3 * 2**100, which the
+    kernel scales to pixels without overflow in float32) and non-finite for every pixel when
+    it is not (`inf * 0` is NaN). An image with a non-finite theta therefore reads nothing:
+    its theta is swapped for a translation far outside the image, which reads 0 with zero
+    gradients under zero padding, and under border or reflection padding its output is zeroed.
+    """
     dtype = getattr(torch, work)
     theta = theta.to(dtype)
     first = data_format == "channels_first"
     in_size = tuple(images.shape[2:] if first else images.shape[1:-1])
     size = in_size if size is None else tuple(size)
+    batch, rows = theta.shape[0], theta.shape[1]
+    finite = torch.isfinite(theta.detach()).flatten(1).all(dim=1).view(-1, 1, 1)
+    far = torch.zeros(rows, rows + 1, dtype=dtype, device=theta.device)
+    far[:, -1] = sampling.COORDINATE_BOUND
+    theta = torch.where(finite, theta, far)
     if align_corners and min(size) == 1:
         # PyTorch's affine_grid warns on every such call that its unit-size grids changed in its
         # 1.3; they read the centre (normalised 0), this library's convention, which grid.py's
@@ -121,16 +131,21 @@ def affine_sample(images, theta, size, interpolation, padding_mode, align_corner
         grid = affine_grid_unchecked(theta, size, align_corners)
     else:
         # The grid does not depend on the channels; affine_grid rejects a size with none.
-        grid = F.affine_grid(theta, (theta.shape[0], 1, *size), align_corners=align_corners)
-    exact = None
+        grid = F.affine_grid(theta, (batch, 1, *size), align_corners=align_corners)
+    source = to_channels_first(images, data_format).to(dtype)
+    output = F.grid_sample(source, grid, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
+    if padding_mode != "zeros":
+        output = torch.where(finite.view(-1, *([1] * (output.dim() - 1))), output, 0.0)
     if size == in_size:
         # PyTorch's kernel reads an identity warp's pixels at coordinates a rounding away from
         # whole pixels. Where theta is exactly the identity the images are returned bit for bit,
-        # as on the portable path, with the kernel's gradients (the identity's, to rounding).
-        rows = theta.shape[1]
+        # as on the portable path, with the kernel's gradients (the identity's, to rounding). In
+        # the kernel's layout, where the output is contiguous: about twice as fast as in the
+        # permuted channels-last view for many channels.
         identity = torch.eye(rows, rows + 1, dtype=dtype, device=theta.device)
         exact = (theta.detach() == identity).flatten(1).all(dim=1).view(-1, *([1] * (images.dim() - 1)))
-    return sample(images, grid, interpolation, padding_mode, align_corners, data_format, work, exact)
+        output = ExactWhere.apply(exact, source.detach(), output)
+    return from_channels_first(output, data_format).to(images.dtype)
 
 
 if keras.config.backend() == "torch":
