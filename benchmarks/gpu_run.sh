@@ -63,7 +63,7 @@ if [[ $dry_run == 1 ]]; then
     bench_args=(--cases tiny,tiny-bicubic --repeats 1 --no-compile)
     mnist_args=(--quick --transforms affine)
 else
-    limit_tests=60 limit_bench=100 limit_mnist=75
+    limit_tests=60 limit_bench=90 limit_mnist=90
     bench_args=(--cases small,channels,large,small-bicubic,large-bicubic,large-float16 --repeats 10 --no-compile --training)
     mnist_args=(--distortion rts --transforms none affine --epochs 2)
 fi
@@ -113,7 +113,7 @@ for backend in $backends; do
     step "tests_$backend" "$limit_tests" "$python" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_gpu.py
     step "benchmark_$backend" "$limit_bench" "$python" -m benchmarks.sampler "${bench_args[@]}" --results-dir "$out/benchmarks"
     step "mnist_$backend" "$limit_mnist" "$python" -m experiments.distorted_mnist "${mnist_args[@]}" \
-        --experiment-name gpu-run --results-dir "$out/mnist_$backend" --verbose 0
+        --experiment-name gpu-run --results-dir "$out/mnist_$backend" --runs-dir "$out/runs" --verbose 0
 done
 
 kind=gpu

@@ -15,6 +15,18 @@ PADDING_MODES = ("zeros", "border", "reflection")
 DATA_FORMATS = ("channels_last", "channels_first")
 
 
+def is_symbolic(*values):
+    """Whether any of `values` is a `keras.KerasTensor`: an input or output of a functional model
+    under construction, which has a shape and dtype but no values."""
+    return any(keras.utils.is_keras_tensor(x) for x in values)
+
+
+def as_tensor(x):
+    """`x` as a backend tensor for the checks to read its shape and dtype; a `KerasTensor` is left
+    as it is (it has both, and converting it to a backend tensor fails)."""
+    return x if keras.utils.is_keras_tensor(x) else keras.ops.convert_to_tensor(x)
+
+
 def check_choice(name, value, choices):
     """Returns `value` if it is one of `choices`, else raises a `ValueError` listing them."""
     if not isinstance(value, str) or value not in choices:

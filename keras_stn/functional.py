@@ -4,8 +4,6 @@
 `from keras_stn import spatial_transformer_network as transformer`.
 """
 
-from keras import ops
-
 from keras_stn import _validation as v
 from keras_stn.ops.grid import check_theta
 from keras_stn.ops.sampling import affine_sample
@@ -49,9 +47,9 @@ def spatial_transformer_network(input_fmap, theta, out_dims=None, *, interpolati
         >>> identity = np.tile(np.array([[1, 0, 0, 0, 1, 0]], "float32"), (4, 1))
         >>> out = spatial_transformer_network(images, identity)  # == images
     """
-    input_fmap = ops.convert_to_tensor(input_fmap)
+    input_fmap = v.as_tensor(input_fmap)
     shape = v.check_rank("input_fmap", input_fmap, 4, "(B, H, W, C)")
-    theta = ops.convert_to_tensor(theta)
+    theta = v.as_tensor(theta)
     theta_shape = tuple(theta.shape)
     theta = check_theta(theta)
     if None not in (shape[0], theta.shape[0]) and shape[0] != theta.shape[0]:

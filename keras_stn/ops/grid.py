@@ -19,8 +19,9 @@ def compute_dtype(dtype):
 
 
 def check_theta(theta, name="theta", rows=2):
-    """Returns `theta` as a `(B, rows, rows + 1)` tensor; accepts that shape or `(B, rows*(rows+1))`."""
-    theta = ops.convert_to_tensor(theta)
+    """Returns `theta` as a `(B, rows, rows + 1)` tensor; accepts that shape or `(B, rows*(rows+1))`.
+    A symbolic theta is checked and returned as it is (its output spec is computed from shapes)."""
+    theta = v.as_tensor(theta)
     cols = rows + 1
     shape = tuple(theta.shape)
     flat_ok = len(shape) == 2 and shape[1] == rows * cols
@@ -30,7 +31,7 @@ def check_theta(theta, name="theta", rows=2):
             f"`{name}` must have shape (batch, {rows}, {cols}) or (batch, {rows * cols}). Got {name} with shape {shape}"
         )
     v.check_floating(name, theta)
-    if flat_ok:
+    if flat_ok and not v.is_symbolic(theta):
         theta = ops.reshape(theta, (-1, rows, cols))
     return theta
 
@@ -205,7 +206,7 @@ SIZE_AXES = {2: ("height", "width"), 3: ("depth", "height", "width")}
 def check_theta_and_size(theta, size):
     """Validates the `theta` and `size` of `affine_grid`, whose dimensionality they must agree on;
     returns theta as `(B, n, n + 1)` and size as a tuple of `n` ints."""
-    theta = ops.convert_to_tensor(theta)
+    theta = v.as_tensor(theta)
     shape = tuple(theta.shape)
     from_theta, from_size = theta_ndim(shape), size_ndim(size)
     if None not in (from_theta, from_size) and from_theta != from_size:
@@ -263,4 +264,22 @@ def affine_grid(theta, size, align_corners=False):
     """
     theta, size = check_theta_and_size(theta, size)
     v.check_bool("align_corners", align_corners)
+    if v.is_symbolic(theta):
+        return AffineGrid(size, align_corners)(theta)
     return affine_grid_unchecked(theta, size, align_corners)
+
+
+@keras.saving.register_keras_serializable(package="keras_stn")
+class AffineGrid(keras.Operation):
+    """`affine_grid` as a Keras operation: what a functional model records for it."""
+
+    def __init__(self, size, align_corners=False, name=None):
+        super().__init__(name=name)
+        self.size, self.align_corners = tuple(size), align_corners
+
+    def call(self, theta):
+        return affine_grid(theta, self.size, self.align_corners)
+
+    def compute_output_spec(self, theta):
+        theta, size = check_theta_and_size(theta, self.size)
+        return keras.KerasTensor((theta.shape[0], *size, len(size)), dtype=theta.dtype)

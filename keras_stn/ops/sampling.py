@@ -252,7 +252,7 @@ LAYOUTS = {
 
 def check_images(images, data_format):
     """Validates a batch of images (rank 4) or volumes (rank 5); returns it as a tensor plus its shape."""
-    images = ops.convert_to_tensor(images)
+    images = v.as_tensor(images)
     shape = tuple(images.shape)
     layouts = LAYOUTS[data_format]
     if len(shape) not in (4, 5):
@@ -278,7 +278,7 @@ def check_volume_interpolation(interpolation, images_shape):
 
 def check_grid(grid, images_shape, data_format):
     """Validates a grid for images of `images_shape`: rank and last dimension must match theirs."""
-    grid = ops.convert_to_tensor(grid)
+    grid = v.as_tensor(grid)
     shape = tuple(grid.shape)
     ndim = len(images_shape) - 2
     expected = "(B, H_out, W_out, 2)" if ndim == 2 else "(B, D_out, H_out, W_out, 3)"
@@ -413,6 +413,8 @@ def grid_sample(
     check_volume_interpolation(interpolation, image_shape)
     grid, grid_shape = check_grid(grid, image_shape, data_format)
     check_batch(image_shape, "grid", grid_shape)
+    if v.is_symbolic(images, grid):
+        return GridSample(interpolation, padding_mode, align_corners, data_format)(images, grid)
     if native.enabled(images):
         work = working_dtype(v.dtype_name(images), v.dtype_name(grid))
         return native.sample(images, grid, interpolation, padding_mode, align_corners, data_format, work)
@@ -481,7 +483,7 @@ def affine_sample(
     images, image_shape = check_images(images, data_format)
     check_volume_interpolation(interpolation, image_shape)
     ndim = len(image_shape) - 2
-    theta = ops.convert_to_tensor(theta)
+    theta = v.as_tensor(theta)
     theta_shape = tuple(theta.shape)
     if theta_ndim(theta_shape) not in (None, ndim):
         raise ValueError(
@@ -493,6 +495,8 @@ def affine_sample(
     check_batch(image_shape, "theta", theta_shape)
     if size is not None:
         size = v.check_size("size", size, ndim)
+    if v.is_symbolic(images, theta):
+        return AffineSample(size, interpolation, padding_mode, align_corners, data_format)(images, theta)
     return affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format)
 
 
@@ -514,3 +518,68 @@ def affine_sample_unchecked(images, theta, size, interpolation, padding_mode, al
         return sample_pixels(channels_last, coordinates, interpolation, padding_mode, align_corners)
 
     return sample_in_layout(images, data_format, sample)
+
+
+def output_spec(images_shape, other_shape, out_spatial, data_format, dtype):
+    """The `KerasTensor` a sampling op returns for symbolic inputs: `images`' channels and
+    dtype, the batch of whichever input knows it, the spatial size `out_spatial`."""
+    batch = images_shape[0] if images_shape[0] is not None else other_shape[0]
+    if data_format == "channels_last":
+        return keras.KerasTensor((batch, *out_spatial, images_shape[-1]), dtype=dtype)
+    return keras.KerasTensor((batch, images_shape[1], *out_spatial), dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_stn")
+class GridSample(keras.Operation):
+    """`grid_sample` as a Keras operation: what a functional model records for it."""
+
+    def __init__(
+        self, interpolation="bilinear", padding_mode="zeros", align_corners=False, data_format=None, name=None
+    ):
+        super().__init__(name=name)
+        self.interpolation, self.padding_mode, self.align_corners = interpolation, padding_mode, align_corners
+        self.data_format = v.standardize_data_format(data_format)
+
+    def call(self, images, grid):
+        return grid_sample(images, grid, self.interpolation, self.padding_mode, self.align_corners, self.data_format)
+
+    def compute_output_spec(self, images, grid):
+        check_modes(self.interpolation, self.padding_mode, self.align_corners, self.data_format)
+        images, image_shape = check_images(images, self.data_format)
+        check_volume_interpolation(self.interpolation, image_shape)
+        grid, grid_shape = check_grid(grid, image_shape, self.data_format)
+        check_batch(image_shape, "grid", grid_shape)
+        return output_spec(image_shape, grid_shape, grid_shape[1:-1], self.data_format, images.dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_stn")
+class AffineSample(keras.Operation):
+    """`affine_sample` as a Keras operation: what a functional model records for it."""
+
+    def __init__(
+        self,
+        size=None,
+        interpolation="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+        data_format=None,
+        name=None,
+    ):
+        super().__init__(name=name)
+        self.size = None if size is None else tuple(size)
+        self.interpolation, self.padding_mode, self.align_corners = interpolation, padding_mode, align_corners
+        self.data_format = v.standardize_data_format(data_format)
+
+    def call(self, images, theta):
+        options = (self.interpolation, self.padding_mode, self.align_corners, self.data_format)
+        return affine_sample(images, theta, self.size, *options)
+
+    def compute_output_spec(self, images, theta):
+        check_modes(self.interpolation, self.padding_mode, self.align_corners, self.data_format)
+        images, image_shape = check_images(images, self.data_format)
+        ndim = len(image_shape) - 2
+        theta = check_theta(theta, rows=ndim)
+        check_batch(image_shape, "theta", tuple(theta.shape))
+        in_spatial = image_shape[1:-1] if self.data_format == "channels_last" else image_shape[2:]
+        out_spatial = in_spatial if self.size is None else v.check_size("size", self.size, ndim)
+        return output_spec(image_shape, tuple(theta.shape), out_spatial, self.data_format, images.dtype)

@@ -104,8 +104,9 @@ def tps_grid_unchecked(offsets, grid_size, height, width, align_corners):
 
 
 def check_offsets(offsets, grid_size):
-    """Returns `offsets` as a `(B, K*K, 2)` tensor and the lattice size `K` (inferred if None)."""
-    offsets = ops.convert_to_tensor(offsets)
+    """Returns `offsets` as a `(B, K*K, 2)` tensor and the lattice size `K` (inferred if None); a
+    symbolic `offsets` is checked and returned as it is."""
+    offsets = v.as_tensor(offsets)
     shape = tuple(offsets.shape)
     inferred = None
     if len(shape) == 2 and shape[1] is not None:
@@ -125,6 +126,8 @@ def check_offsets(offsets, grid_size):
             f"for grid_size={grid_size}. Got offsets with shape {shape}"
         )
     v.check_floating("offsets", offsets)
+    if v.is_symbolic(offsets):
+        return offsets, inferred
     return ops.reshape(offsets, (-1, inferred * inferred, 2)), inferred
 
 
@@ -173,4 +176,23 @@ def tps_grid(offsets, size, grid_size=None, align_corners=False):
     offsets, grid_size = check_offsets(offsets, grid_size)
     height, width = v.check_size("size", size)
     v.check_bool("align_corners", align_corners)
+    if v.is_symbolic(offsets):
+        return TpsGrid((height, width), grid_size, align_corners)(offsets)
     return tps_grid_unchecked(offsets, grid_size, height, width, align_corners)
+
+
+@keras.saving.register_keras_serializable(package="keras_stn")
+class TpsGrid(keras.Operation):
+    """`tps_grid` as a Keras operation: what a functional model records for it."""
+
+    def __init__(self, size, grid_size=None, align_corners=False, name=None):
+        super().__init__(name=name)
+        self.size, self.grid_size, self.align_corners = tuple(size), grid_size, align_corners
+
+    def call(self, offsets):
+        return tps_grid(offsets, self.size, self.grid_size, self.align_corners)
+
+    def compute_output_spec(self, offsets):
+        offsets, _ = check_offsets(offsets, self.grid_size)
+        height, width = v.check_size("size", self.size)
+        return keras.KerasTensor((offsets.shape[0], height, width, 2), dtype=offsets.dtype)
