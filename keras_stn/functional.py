@@ -42,10 +42,13 @@ def spatial_transformer_network(input_fmap, theta, out_dims=None, *, interpolati
         TypeError: non-floating `input_fmap` or `theta`.
 
     Example:
+        >>> import keras
         >>> import numpy as np
         >>> images = np.random.rand(4, 60, 60, 3).astype("float32")
         >>> identity = np.tile(np.array([[1, 0, 0, 0, 1, 0]], "float32"), (4, 1))
-        >>> out = spatial_transformer_network(images, identity)  # == images
+        >>> out = spatial_transformer_network(images, identity)
+        >>> bool(np.array_equal(keras.ops.convert_to_numpy(out), images))  # exactly
+        True
     """
     input_fmap = v.as_tensor(input_fmap)
     shape = v.check_rank("input_fmap", input_fmap, 4, "(B, H, W, C)")

@@ -47,8 +47,10 @@ def default_localization(
 
     Example:
         >>> net = default_localization((512, 512, 3))
-        >>> [type(layer).__name__ for layer in net.layers][:2]  # ['MaxPooling2D', 'MaxPooling2D']
-        >>> net.compute_output_shape((None, 512, 512, 3))  # (None, 50)
+        >>> [type(layer).__name__ for layer in net.layers][:2]
+        ['MaxPooling2D', 'MaxPooling2D']
+        >>> net.compute_output_shape((None, 512, 512, 3))
+        (None, 50)
     """
     return convolutional_localization(2, 5, input_shape, data_format, dtype, name, units, max_size)
 
@@ -89,7 +91,8 @@ def default_localization_3d(
 
     Example:
         >>> net = default_localization_3d((16, 32, 32, 1))
-        >>> net.compute_output_shape((None, 16, 32, 32, 1))  # (None, 50)
+        >>> net.compute_output_shape((None, 16, 32, 32, 1))
+        (None, 50)
     """
     return convolutional_localization(3, 3, input_shape, data_format, dtype, name, units, max_size)
 

@@ -258,9 +258,12 @@ def affine_grid(theta, size, align_corners=False):
     Example:
         >>> import numpy as np
         >>> identity = np.array([[1, 0, 0, 0, 1, 0]], "float32")
-        >>> affine_grid(identity, (2, 2), align_corners=True)[0, :, :, 0]  # x: -1 then +1
+        >>> grid = affine_grid(identity, (2, 2), align_corners=True)
+        >>> np.asarray(keras.ops.convert_to_numpy(grid[0, :, :, 0])).tolist()  # x: -1 then +1
+        [[-1.0, 1.0], [-1.0, 1.0]]
         >>> identity_3d = np.eye(3, 4, dtype="float32")[None]
-        >>> affine_grid(identity_3d, (2, 3, 4)).shape  # (1, 2, 3, 4, 3)
+        >>> tuple(affine_grid(identity_3d, (2, 3, 4)).shape)
+        (1, 2, 3, 4, 3)
     """
     theta, size = check_theta_and_size(theta, size)
     v.check_bool("align_corners", align_corners)

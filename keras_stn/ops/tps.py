@@ -169,7 +169,8 @@ def tps_grid(offsets, size, grid_size=None, align_corners=False):
         >>> import numpy as np
         >>> offsets = np.zeros((1, 3, 3, 2), "float32")
         >>> offsets[0, 1, 1] = (0.2, 0.0)  # the centre of the output reads 0.1 of the width to its right
-        >>> grid = tps_grid(offsets, (28, 28))  # (1, 28, 28, 2)
+        >>> tuple(tps_grid(offsets, (28, 28)).shape)
+        (1, 28, 28, 2)
     """
     if grid_size is not None:
         grid_size = v.check_integer("grid_size", grid_size, minimum=2)
