@@ -37,6 +37,7 @@ import numpy as np
 from keras import ops
 
 from keras_stn import _validation as v
+from keras_stn.ops._layout import first_spatial_axis
 from keras_stn.ops.grid import affine_grid_unchecked, projective_grid_unchecked
 from keras_stn.ops.sampling import affine_sample_unchecked, grid_sample
 from keras_stn.ops.tps import tps_grid_unchecked
@@ -85,7 +86,7 @@ class Transform(abc.ABC):
 
         What `SpatialTransformer` calls; subclasses override it where a fused path exists."""
         if size is None:
-            first = 1 if data_format == "channels_last" else 2
+            first = first_spatial_axis(data_format)
             axes = slice(first, first + self.spatial_rank)
             size = tuple(s if s is not None else d for s, d in zip(images.shape[axes], ops.shape(images)[axes]))
         grid = self.grid_unchecked(params, *size, align_corners)

@@ -3,6 +3,7 @@
 import keras
 
 from keras_stn import _validation as v
+from keras_stn.ops._layout import spatial_shape_of
 
 # The largest size, per spatial axis, the default nets run the paper's layers at: larger inputs
 # are max-pooled down to it first. 64 keeps the paper's 28, 40 and 60 pixel inputs unpooled;
@@ -103,7 +104,7 @@ def convolutional_localization(rank, kernel_size, input_shape, data_format, dtyp
         raise ValueError(f"`units` must be a positive integer. Got units={units!r}")
     max_size = v.check_optional_integer("max_size", max_size, minimum=1)
     shape = tuple(input_shape)[-(rank + 1) :]
-    spatial = shape[:rank] if data_format == "channels_last" else shape[1:]
+    spatial = spatial_shape_of((None, *shape), data_format)
     if None in spatial:
         axes = "height and width" if rank == 2 else "depth, height and width"
         raise ValueError(

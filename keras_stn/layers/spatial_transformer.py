@@ -11,6 +11,7 @@ import keras
 from keras_stn import _validation as v
 from keras_stn import transforms as transforms_lib
 from keras_stn.layers.localization import MAX_SIZE_2D, MAX_SIZE_3D, default_localization, default_localization_3d
+from keras_stn.ops._layout import spatial_shape_of, with_spatial_shape
 
 
 class SpatialTransformerBase(keras.layers.Layer):
@@ -109,8 +110,7 @@ class SpatialTransformerBase(keras.layers.Layer):
         )
 
     def spatial_dims(self, shape):
-        first = 1 if self.data_format == "channels_last" else 2
-        return tuple(shape[first : first + self.spatial_rank])
+        return tuple(spatial_shape_of(shape, self.data_format))
 
     def build(self, input_shape):
         if self.localization is None:
@@ -154,10 +154,7 @@ class SpatialTransformerBase(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         dims = self.out_dims if self.out_dims is not None else self.spatial_dims(input_shape)
         batch = input_shape[0]
-        if self.data_format == "channels_last":
-            shape = (batch, *dims, input_shape[-1])
-        else:
-            shape = (batch, input_shape[1], *dims)
+        shape = with_spatial_shape(input_shape, dims, self.data_format)
         if self.return_theta:
             return shape, (batch, self.transform.num_params)
         return shape

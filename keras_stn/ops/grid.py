@@ -12,7 +12,7 @@ from keras import ops
 from keras_stn import _validation as v
 
 
-def compute_dtype(dtype):
+def coordinate_dtype(dtype):
     """Half precision is too coarse for pixel coordinates (a 224-wide image needs ~1/8-pixel
     resolution at its right edge), so coordinates and weights are computed in float32 there."""
     return "float32" if dtype in ("float16", "bfloat16") else dtype
@@ -161,7 +161,7 @@ def affine_grid_unchecked(theta, size, align_corners):
     """`affine_grid` for an already validated `(B, n, n + 1)` theta and a `size` of `n` entries
     (`n` = 2 or 3), which may be tensors."""
     dtype = v.dtype_name(theta)
-    work = compute_dtype(dtype)
+    work = coordinate_dtype(dtype)
     theta = ops.cast(theta, work)
     ndim = len(size)
     centres = pixel_centres(size, align_corners, work)
@@ -186,7 +186,7 @@ def projective_grid_unchecked(homography, height, width, align_corners):
     the centre of the output (`w = 1`) is always visible.
     """
     dtype = v.dtype_name(homography)
-    work = compute_dtype(dtype)
+    work = coordinate_dtype(dtype)
     homography = ops.cast(homography, work)
     xs, ys = pixel_centres((height, width), align_corners, work)
     x_h, y_h, w = (linear_form([homography[:, r, c] for c in range(3)], xs, ys) for r in range(3))

@@ -32,6 +32,7 @@ import keras
 
 # Read at call time: `sampling` imports this module while it is itself being imported.
 from keras_stn.ops import sampling
+from keras_stn.ops._layout import channels_first_axes, channels_last_axes, spatial_shape_of
 from keras_stn.ops.grid import affine_grid_unchecked
 
 ENVIRONMENT_VARIABLE = "KERAS_STN_NATIVE"
@@ -65,13 +66,13 @@ def to_channels_first(images, data_format):
     """A channels-first view of `images` (no copy) for PyTorch's kernel."""
     if data_format == "channels_first":
         return images
-    return images.permute(sampling.channels_first_axes(images.dim()))
+    return images.permute(channels_first_axes(images.dim()))
 
 
 def from_channels_first(output, data_format):
     if data_format == "channels_first":
         return output
-    return output.permute(sampling.channels_last_axes(output.dim()))
+    return output.permute(channels_last_axes(output.dim()))
 
 
 def sample(images, grid, interpolation, padding_mode, align_corners, data_format, work):
@@ -116,8 +117,7 @@ def affine_sample(images, theta, size, interpolation, padding_mode, align_corner
     """
     dtype = getattr(torch, work)
     theta = theta.to(dtype)
-    first = data_format == "channels_first"
-    in_size = tuple(images.shape[2:] if first else images.shape[1:-1])
+    in_size = spatial_shape_of(images.shape, data_format)
     size = in_size if size is None else tuple(size)
     batch, rows = theta.shape[0], theta.shape[1]
     finite = torch.isfinite(theta.detach()).flatten(1).all(dim=1).view(-1, 1, 1)

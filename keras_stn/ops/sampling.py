@@ -7,12 +7,13 @@ from keras import ops
 
 from keras_stn import _validation as v
 from keras_stn.ops import native
+from keras_stn.ops._layout import LAYOUTS, channels_first_axes, channels_last_axes, spatial_shape_of, with_spatial_shape
 from keras_stn.ops.grid import (
     THETA_SHAPES,
     affine_pixel_coordinates,
     check_theta,
-    compute_dtype,
     computed_once,
+    coordinate_dtype,
     theta_ndim,
 )
 
@@ -126,7 +127,7 @@ def working_dtype(images_dtype, coordinates_dtype):
     """Dtype of coordinates and weights: float64 if either input is, float32 for half inputs."""
     if "float64" in (images_dtype, coordinates_dtype):
         return "float64"
-    return compute_dtype(images_dtype)
+    return coordinate_dtype(images_dtype)
 
 
 def gather_pixels(pixels, rows):
@@ -185,7 +186,7 @@ MAX_PIXELS_PER_IMAGE = 2**31
 def check_pixel_count(images_shape, data_format):
     """Raises if one image (or volume) of `images_shape` has more pixels than the portable
     sampler's int32 indices reach; the batch may hold any number (the indices are per image)."""
-    spatial = images_shape[1:-1] if data_format == "channels_last" else images_shape[2:]
+    spatial = spatial_shape_of(images_shape, data_format)
     if None in spatial:
         return
     count = math.prod(int(size) for size in spatial)
@@ -244,12 +245,6 @@ def sample_pixels(images, coordinates, interpolation, padding_mode, align_corner
     return ops.cast(output, v.dtype_name(images))
 
 
-LAYOUTS = {
-    "channels_last": {2: "(B, H, W, C)", 3: "(B, D, H, W, C)"},
-    "channels_first": {2: "(B, C, H, W)", 3: "(B, C, D, H, W)"},
-}
-
-
 def check_images(images, data_format):
     """Validates a batch of images (rank 4) or volumes (rank 5); returns it as a tensor plus its shape."""
     images = v.as_tensor(images)
@@ -261,7 +256,7 @@ def check_images(images, data_format):
             f"for data_format={data_format!r}. Got images with shape {shape}"
         )
     v.check_floating("images", images)
-    spatial = shape[1:-1] if data_format == "channels_last" else shape[2:]
+    spatial = spatial_shape_of(shape, data_format)
     if 0 in spatial:
         raise ValueError(f"`images` must have at least one pixel to sample from. Got images with shape {shape}")
     return images, shape
@@ -309,16 +304,6 @@ def check_modes(interpolation, padding_mode, align_corners, data_format):
     v.check_choice("padding_mode", padding_mode, v.PADDING_MODES)
     v.check_bool("align_corners", align_corners)
     return v.standardize_data_format(data_format)
-
-
-def channels_last_axes(rank):
-    """The permutation that moves the channels of a rank-`rank` channels-first tensor last."""
-    return (0, *range(2, rank), 1)
-
-
-def channels_first_axes(rank):
-    """The permutation that moves the channels of a rank-`rank` channels-last tensor first."""
-    return (0, rank - 1, *range(1, rank - 1))
 
 
 def sample_in_layout(images, data_format, sample):
@@ -531,9 +516,7 @@ def output_spec(images_shape, other_shape, out_spatial, data_format, dtype):
     """The `KerasTensor` a sampling op returns for symbolic inputs: `images`' channels and
     dtype, the batch of whichever input knows it, the spatial size `out_spatial`."""
     batch = images_shape[0] if images_shape[0] is not None else other_shape[0]
-    if data_format == "channels_last":
-        return keras.KerasTensor((batch, *out_spatial, images_shape[-1]), dtype=dtype)
-    return keras.KerasTensor((batch, images_shape[1], *out_spatial), dtype=dtype)
+    return keras.KerasTensor(with_spatial_shape((batch, *images_shape[1:]), out_spatial, data_format), dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_stn")
@@ -587,6 +570,6 @@ class AffineSample(keras.Operation):
         ndim = len(image_shape) - 2
         theta = check_theta(theta, rows=ndim)
         check_batch(image_shape, "theta", tuple(theta.shape))
-        in_spatial = image_shape[1:-1] if self.data_format == "channels_last" else image_shape[2:]
+        in_spatial = spatial_shape_of(image_shape, self.data_format)
         out_spatial = in_spatial if self.size is None else v.check_size("size", self.size, ndim)
         return output_spec(image_shape, tuple(theta.shape), out_spatial, self.data_format, images.dtype)

@@ -8,7 +8,7 @@ import numpy as np
 from keras import ops
 
 from keras_stn import _validation as v
-from keras_stn.ops.grid import compute_dtype, linear_form, pixel_centres
+from keras_stn.ops.grid import coordinate_dtype, linear_form, pixel_centres
 
 
 def radial_basis(squared_distance, xp):
@@ -83,7 +83,7 @@ if keras.config.backend() == "torch":
 def tps_grid_unchecked(offsets, grid_size, height, width, align_corners):
     """`tps_grid` for validated `(B, grid_size**2, 2)` offsets; sizes may be tensors."""
     dtype = v.dtype_name(offsets)
-    work = compute_dtype(dtype)
+    work = coordinate_dtype(dtype)
     offsets = ops.cast(offsets, work)
     controls, solver = solver_tensors(grid_size, work, offsets)
     count = controls.shape[0]
