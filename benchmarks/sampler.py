@@ -59,7 +59,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import GPU_SHARING
-from keras_stn.ops import affine_sample, native
+from keras_stn.ops import affine_sample
+from keras_stn.ops._backend import torch_kernel as native
 
 WORKLOADS = {
     # name: (batch, height, width, channels, out_height, out_width)

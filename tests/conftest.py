@@ -46,7 +46,7 @@ def float64_enabled():
 @pytest.fixture
 def portable_sampler(monkeypatch):
     """Runs the test on the portable `keras.ops` sampler on every backend: the torch backend
-    otherwise samples with PyTorch's kernel (`keras_stn/ops/native.py`), which agrees with it
+    otherwise samples with PyTorch's kernel (`keras_stn/ops/_backend/torch_kernel.py`), which agrees with it
     to rounding but not bit for bit, so exactness tests of the portable sampler use this."""
     monkeypatch.setenv("KERAS_STN_NATIVE", "0")
 

@@ -1,4 +1,4 @@
-"""The torch backend's dispatch to PyTorch's own `grid_sample` kernel (`keras_stn/ops/native.py`).
+"""The torch backend's dispatch to PyTorch's own `grid_sample` kernel (`keras_stn/ops/_backend/torch_kernel.py`).
 
 Under the torch backend the rest of the suite runs through the native kernel; here it is
 compared with the portable `keras.ops` sampler (which the other backends run and which is
@@ -13,7 +13,8 @@ import pytest
 
 import keras_stn
 from helpers import BACKEND, random_theta, to_numpy, value_and_grad
-from keras_stn.ops import affine_grid, affine_sample, grid_sample, native
+from keras_stn.ops import affine_grid, affine_sample, grid_sample
+from keras_stn.ops._backend import torch_kernel as native
 
 tensor = keras.ops.convert_to_tensor
 torch_only = pytest.mark.skipif(BACKEND != "torch", reason="the native kernel is PyTorch's")

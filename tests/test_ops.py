@@ -26,7 +26,7 @@ from helpers import (
     value_and_grad,
 )
 from keras_stn.ops import affine_grid, affine_sample, grid_sample
-from keras_stn.ops.grid import computed_once
+from keras_stn.ops._backend.xla import computed_once
 from reference import affine_grid_ref, grid_sample_ref
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")

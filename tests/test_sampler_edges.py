@@ -1,7 +1,7 @@
 """Edge cases of the samplers found by test cases derived from PyTorch's and kornia's suites.
 
 Each runs on the portable `keras.ops` sampler of every backend and, on the torch backend, on
-PyTorch's kernel too (`keras_stn/ops/native.py`): coordinates exactly on the border (where
+PyTorch's kernel too (`keras_stn/ops/_backend/torch_kernel.py`): coordinates exactly on the border (where
 each backend's own gradient of `clip` and `abs` differs), zero channels, empty batches,
 outputs that must stay connected to autograd, and the int32 pixel limit of the portable
 sampler.
@@ -19,7 +19,8 @@ from keras import ops
 from test_ops import exact_positions_grid, torch_grads
 
 from helpers import BACKEND, to_numpy, value_and_grad
-from keras_stn.ops import affine_grid, affine_sample, grid_sample, native, sampling
+from keras_stn.ops import affine_grid, affine_sample, grid_sample, sampling
+from keras_stn.ops._backend import torch_kernel as native
 
 SAMPLERS = ["native", "portable"] if BACKEND == "torch" else ["portable"]
 samplers = pytest.mark.parametrize("sampler", SAMPLERS)

@@ -10,6 +10,12 @@ import keras
 from keras import ops
 
 from keras_stn import _validation as v
+from keras_stn.ops._backend.xla import computed_once
+
+# Finite normalised coordinates are bounded to +-2**100 before they are scaled to pixels, so that
+# none overflows to inf in float32 (and so reads nothing, the rule for non-finite ones): they
+# stay far outside any image, where the padding mode decides what they read.
+COORDINATE_BOUND = 2.0**100
 
 
 def coordinate_dtype(dtype):
@@ -119,22 +125,6 @@ def affine_pixel_coordinates(theta, in_size, out_size, align_corners, dtype):
         return linear + c[ndim]
 
     return [axis(r) for r in range(ndim)]
-
-
-def computed_once(x, backends=("jax", "tensorflow")):
-    """`x` itself, made to be computed once where XLA compiles it (under `backends`).
-
-    XLA fuses cheap elementwise producers into each of their consumers. The sampler has many
-    consumers of the same coordinates (every tap's gather, every scatter of the backward
-    pass), so each recomputes them, and the per-image affine coefficients, for every output
-    pixel; recomputing the coefficients (with the bound on theta) measured up to 3x slower
-    forward+backward on CPU (`benchmarks/sampler.py`). XLA does not fuse a reduction into its
-    consumers, so a sum with zeros (exact: `x + 0 == x`, up to the sign of a zero) is computed
-    once and read by all of them. Elsewhere (eager torch) `x` is returned as it is.
-    """
-    if keras.config.backend() not in backends:
-        return x
-    return ops.sum(ops.stack([x, ops.zeros_like(x)]), axis=0)
 
 
 def pixel_centres(size, align_corners, dtype):

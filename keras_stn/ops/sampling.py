@@ -6,13 +6,15 @@ import keras
 from keras import ops
 
 from keras_stn import _validation as v
-from keras_stn.ops import native
+from keras_stn.ops._backend import torch_kernel as native
+from keras_stn.ops._backend.gather import gather_pixels
+from keras_stn.ops._backend.xla import computed_once
 from keras_stn.ops._layout import LAYOUTS, channels_first_axes, channels_last_axes, spatial_shape_of, with_spatial_shape
 from keras_stn.ops.grid import (
+    COORDINATE_BOUND,
     THETA_SHAPES,
     affine_pixel_coordinates,
     check_theta,
-    computed_once,
     coordinate_dtype,
     theta_ndim,
 )
@@ -26,12 +28,6 @@ def unnormalize(coord, size, align_corners):
     if align_corners:
         return (coord + 1) / 2 * (size - 1)
     return ((coord + 1) * size - 1) / 2
-
-
-# Finite normalised coordinates are bounded to +-2**100 before they are scaled to pixels, so that
-# none overflows to inf in float32 (and so reads nothing, the rule for non-finite ones): they
-# stay far outside any image, where the padding mode decides what they read.
-COORDINATE_BOUND = 2.0**100
 
 
 def bound_finite(coord):
@@ -128,35 +124,6 @@ def working_dtype(images_dtype, coordinates_dtype):
     if "float64" in (images_dtype, coordinates_dtype):
         return "float64"
     return coordinate_dtype(images_dtype)
-
-
-def gather_pixels(pixels, rows):
-    """`pixels[b, rows[b]]`: `(B, V, C)` pixels (each image's flattened), int32 `rows` `(B, *out)`
-    of in-range image-local indices; returns `(B, *out, C)`.
-
-    Each image gathers from its own pixels only, so that with the batch sharded over devices
-    every device gathers locally (one global `(B*V, C)` table with global indices made XLA's
-    partitioner all-gather the whole batch and all-reduce its gradient), and no index grows with
-    the batch. Under JAX the gather is vmapped per image, in `take`'s "clip" mode: the rows are
-    in range already, and the default "fill" mode's bounds handling measured up to 4x slower
-    forward on CPU (`benchmarks/sampler.py`).
-    """
-    backend = keras.config.backend()
-    if backend == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        return jax.vmap(lambda p, r: jnp.take(p, r, axis=0, mode="clip"))(pixels, rows)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        # As fast as gathering from the flattened batch under TensorFlow's XLA (interleaved in one
-        # process, CPU, forward+backward: large 29.0 vs 28.8 ms, channels 41.8 vs 42.4 ms);
-        # `keras.ops.take_along_axis` would broadcast the indices over the channels here.
-        return tf.gather(pixels, rows, axis=1, batch_dims=1)
-    batch, *out = ops.shape(rows)
-    flat = ops.reshape(rows, (batch, math.prod(out), 1))
-    return ops.reshape(ops.take_along_axis(pixels, flat, axis=1), (batch, *out, ops.shape(pixels)[-1]))
 
 
 def tap_products(axes, offset, weight):

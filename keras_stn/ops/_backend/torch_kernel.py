@@ -30,10 +30,8 @@ import os
 
 import keras
 
-# Read at call time: `sampling` imports this module while it is itself being imported.
-from keras_stn.ops import sampling
 from keras_stn.ops._layout import channels_first_axes, channels_last_axes, spatial_shape_of
-from keras_stn.ops.grid import affine_grid_unchecked
+from keras_stn.ops.grid import COORDINATE_BOUND, affine_grid_unchecked
 
 ENVIRONMENT_VARIABLE = "KERAS_STN_NATIVE"
 OFF = ("0", "false", "no", "off")
@@ -83,7 +81,7 @@ def sample(images, grid, interpolation, padding_mode, align_corners, data_format
     tensor operations on every call, with no branch on values: a graph without breaks for
     `torch.compile` and no device sync on CUDA.
     """
-    bound = sampling.COORDINATE_BOUND
+    bound = COORDINATE_BOUND
     dtype = getattr(torch, work)
     grid = grid.to(dtype)
     source = to_channels_first(images, data_format).to(dtype)
@@ -122,7 +120,7 @@ def affine_sample(images, theta, size, interpolation, padding_mode, align_corner
     batch, rows = theta.shape[0], theta.shape[1]
     finite = torch.isfinite(theta.detach()).flatten(1).all(dim=1).view(-1, 1, 1)
     far = torch.zeros(rows, rows + 1, dtype=dtype, device=theta.device)
-    far[:, -1] = sampling.COORDINATE_BOUND
+    far[:, -1] = COORDINATE_BOUND
     theta = torch.where(finite, theta, far)
     if align_corners and min(size) == 1:
         # PyTorch's affine_grid warns on every such call that its unit-size grids changed in its
