@@ -13,3 +13,9 @@ DISTORTION_HELP = (
 )
 NO_TRANSFORM = "none"
 TRANSFORMS = (NO_TRANSFORM, "affine", "attention", "translation", "similarity", "projective", "tps")
+DOWNSAMPLE = ("auto", "off")
+DOWNSAMPLE_HELP = (
+    "the 2x average pooling before the classifier, the same for every arm: 'auto' pools canvases at least 42 "
+    "pixels wide (rts, t, cluttered), as the paper does after the transformer; 'off' never pools (the "
+    "classifier sees every pixel, at four times its convolution cost)"
+)

@@ -9,9 +9,11 @@ NumPy is imported: those imports take seconds, so they happen only once there is
 import argparse
 import os
 
-from experiments.choices import DISTORTION_HELP, DISTORTIONS, TRANSFORMS
+from experiments.choices import DISTORTION_HELP, DISTORTIONS, DOWNSAMPLE, DOWNSAMPLE_HELP, TRANSFORMS
 
 QUICK = {"num_train": 384, "num_test": 128, "validation": 128, "epochs": 1, "batch_size": 64}
+MNIST_TRAIN_SIZE = 60_000
+VALIDATION_SIZE = 10_000  # the last training digits, held out for validation; the rest is the training split
 # Wall time of `--quick` measured on a 2-core CPU, interpreter start and imports included: 17-33 s with
 # one arm, 27-40 s with two (torch fastest, jax slowest).
 QUICK_SECONDS = "tens of seconds (17-33 s with one arm, 27-40 s with two, on a 2-core CPU)"
@@ -70,6 +72,12 @@ def fraction(text):
     return value
 
 
+def one_line(text):
+    if not text.strip() or "\n" in text:
+        raise argparse.ArgumentTypeError(f"expected one non-empty line of text, got {text!r}")
+    return text.strip()
+
+
 def positive_float(text):
     value = float(text)
     if not value > 0:
@@ -103,6 +111,15 @@ def build_parser():
         metavar="TRANSFORM",
         help=f"the arms to train, one child run each; 'none' is the CNN without a transformer. "
         f"Choices: {', '.join(TRANSFORMS)}",
+    )
+    parser.add_argument("--downsample", choices=DOWNSAMPLE, default="auto", help=DOWNSAMPLE_HELP)
+    parser.add_argument(
+        "--train-size",
+        type=positive_int,
+        default=None,
+        help=f"train on the first N digits of the training split only (default: all of it, "
+        f"{MNIST_TRAIN_SIZE - VALIDATION_SIZE}, or {QUICK['num_train'] - QUICK['validation']} with --quick); the "
+        f"{VALIDATION_SIZE} validation digits and the test set stay whole",
     )
     parser.add_argument(
         "--protocol",
@@ -225,6 +242,13 @@ def build_parser():
         "tensorflow with MirroredStrategy (the batch size is the global one); torch needs one process per "
         "device (DistributedDataParallel, README 'Multiple devices') and rejects the flag",
     )
+    parser.add_argument(
+        "--note",
+        type=one_line,
+        default=None,
+        help="a line of free text added to the comparison's header and MLflow parameters, e.g. what else the "
+        "machine was running",
+    )
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2, help="Keras fit verbosity")
     return parser
 
@@ -247,6 +271,12 @@ def parse_args(argv=None):
         parser.error(f"--seeds lists a seed twice: expected distinct seeds, got {args.seeds}")
     if args.resume is not None and not os.path.isfile(os.path.join(args.resume, "study.json")):
         parser.error(f"--resume expects a run folder holding a study.json, got {args.resume!r}")
+    available = QUICK["num_train"] - QUICK["validation"] if args.quick else MNIST_TRAIN_SIZE - VALIDATION_SIZE
+    if args.train_size is not None and args.train_size > available:
+        parser.error(
+            f"--train-size exceeds the training split: expected at most {available} digits"
+            f"{' with --quick' if args.quick else ''}, got --train-size {args.train_size}"
+        )
     resolve_protocol(parser, args)
     return args
 

@@ -9,7 +9,8 @@ Architecture (the paper's distorted-MNIST ST-CNN, Jaderberg et al. 2015, appendi
   a dense layer of 20 units), its head starting at the identity transform; the output keeps the
   input size;
 - for the large canvases (`rts` 42x42, `t` and `cluttered` 60x60) a 2x average pooling, as the
-  paper does after the transformer: the transformer can zoom in, the classifier sees fewer pixels;
+  paper does after the transformer: the transformer can zoom in, the classifier sees fewer pixels
+  (`downsample="auto"`; `"off"` leaves it out, for every arm alike);
 - classifier: conv 9x9 (32 filters) -> max-pool 2 -> conv 7x7 (64 filters) -> max-pool 2 ->
   dense softmax layer (the paper's three weight layers, with the filter counts public
   re-implementations use).
@@ -18,7 +19,7 @@ Architecture (the paper's distorted-MNIST ST-CNN, Jaderberg et al. 2015, appendi
 import keras
 
 import keras_stn
-from experiments.choices import NO_TRANSFORM
+from experiments.choices import DOWNSAMPLE, NO_TRANSFORM
 from keras_stn.layers import default_localization
 
 TRANSFORMER_NAME = "spatial_transformer"
@@ -33,13 +34,16 @@ def transform_choices():
     return (NO_TRANSFORM, *keras_stn.transforms.TRANSFORMS)
 
 
-def build_model(transform, input_shape, num_classes=10):
+def build_model(transform, input_shape, num_classes=10, downsample="auto"):
     """Builds the CNN (`transform="none"`) or the ST-CNN with the given transform.
 
     Args:
         transform: `"none"` or a `keras_stn.transforms` name (`"affine"`, `"attention"`, ...).
         input_shape: `(H, W, C)` of the images (channels last).
         num_classes: number of output classes.
+        downsample: `"auto"`: the 2x average pooling before the classifier on canvases at least
+            `DOWNSAMPLE_FROM` pixels wide; `"off"`: never (the classifier sees every pixel, at four
+            times the convolution cost).
 
     Returns:
         An uncompiled functional `keras.Model` named after the arm, mapping images to class
@@ -51,12 +55,14 @@ def build_model(transform, input_shape, num_classes=10):
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
         raise ValueError(f"`input_shape` must be (height, width, channels). Got input_shape={input_shape}")
+    if downsample not in DOWNSAMPLE:
+        raise ValueError(f"`downsample` must be one of {list(DOWNSAMPLE)}. Got downsample={downsample!r}")
     inputs = keras.Input(input_shape, name="images")
     x = inputs
     if transform != NO_TRANSFORM:
         localization = default_localization(input_shape, units=LOCALIZATION_UNITS)
         x = keras_stn.SpatialTransformer(transform=transform, localization=localization, name=TRANSFORMER_NAME)(x)
-    if min(input_shape[:2]) >= DOWNSAMPLE_FROM:
+    if downsample == "auto" and min(input_shape[:2]) >= DOWNSAMPLE_FROM:
         x = keras.layers.AveragePooling2D(2, name="downsample")(x)
     for index, (filters, kernel) in enumerate(zip(CLASSIFIER_FILTERS, CLASSIFIER_KERNELS)):
         x = keras.layers.Conv2D(filters, kernel, padding="same", activation="relu", name=f"conv{index + 1}")(x)

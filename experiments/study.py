@@ -33,7 +33,7 @@ import numpy as np
 
 from experiments import data as data_lib
 from experiments import training
-from experiments.distorted_mnist import QUICK
+from experiments.distorted_mnist import QUICK, VALIDATION_SIZE
 from experiments.figures import learning_curves
 from experiments.models import build_model
 from experiments.paper import paper_test_error
@@ -48,7 +48,6 @@ from experiments.tracking import (
     set_tracking_env_defaults,
 )
 
-VALIDATION_SIZE = 10_000
 GALLERY_SIZE = 16
 
 
@@ -61,7 +60,7 @@ def load_splits(args):
     validation = QUICK["validation"] if args.quick else VALIDATION_SIZE
     x, y = arrays["x_train"], arrays["y_train"]
     return {
-        "train": (x[:-validation], y[:-validation]),
+        "train": (x[:-validation][: args.train_size], y[:-validation][: args.train_size]),
         "validation": (x[-validation:], y[-validation:]),
         "test": (arrays["x_test"], arrays["y_test"]),
     }
@@ -104,7 +103,7 @@ def train_arm_on_devices(arm, splits, args, mirror, callbacks):
         model = keras.saving.load_model(arm.checkpoint_path())
     else:
         keras.utils.set_random_seed(arm.seed)
-        model = build_model(arm.transform, x_train.shape[1:])
+        model = build_model(arm.transform, x_train.shape[1:], downsample=args.downsample)
         model.compile(
             optimizer=training.optimizer(args, len(x_train)),
             loss="sparse_categorical_crossentropy",
@@ -135,6 +134,7 @@ def train_arm_on_devices(arm, splits, args, mirror, callbacks):
         args.batch_size,
         first_epoch=first_epoch,
         validation_data=splits["validation"],
+        validation_batch_size=args.batch_size,  # Keras's default, 32, makes validation the slower half of an epoch
         callbacks=[logger, *callbacks],
         verbose=args.verbose,
     )
@@ -142,24 +142,36 @@ def train_arm_on_devices(arm, splits, args, mirror, callbacks):
     x_test, y_test = splits["test"]
     _, test_accuracy = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0)
     test_error = 100.0 * (1.0 - test_accuracy)
+    # The trained model's error on its own training digits (not the running mean over the last epoch,
+    # which mixes earlier weights): how far it is from fitting them, i.e. whether it underfits.
+    _, train_accuracy = model.evaluate(*splits["train"], batch_size=args.batch_size, verbose=0)
+    train_error = 100.0 * (1.0 - train_accuracy)
     inference_copy(model).save(arm.model_path)
     history = arm.history()
     environment = environment_params()
     arm.state.update(
         status="trained",
         train_seconds=train_seconds,
-        final_metrics={"test_error": test_error, "test_accuracy": test_accuracy, "train_seconds": train_seconds},
+        final_metrics={
+            "test_error": test_error,
+            "test_accuracy": test_accuracy,
+            "train_error": train_error,
+            "train_seconds": train_seconds,
+        },
         row={
             "transform": arm.transform,
             "seed": arm.seed,
             "test_error": round(test_error, 2),
             "paper_test_error": paper_test_error(args.distortion, arm.transform),
+            "train_error": round(train_error, 2),
             "best_val_error": round(min(row["val_error"] for row in history), 2),
             "epochs": epochs,
             "steps": steps,
             "train_seconds": round(train_seconds, 1),
             "step_ms": round(float(np.median([row["step_ms"] for row in history])), 1),
             "params": model.count_params(),
+            "train_size": len(x_train),
+            "downsample": args.downsample,
             "data_seed": args.data_seed,
             "backend": environment["backend"],
             "device": environment["device"],
@@ -371,15 +383,22 @@ def protocol_description(args):
     return f"protocol {args.protocol}: {optimizer}, {schedule}, batch {args.batch_size}, {length}"
 
 
-def settings_lines(args, environment):
+def settings_lines(args, environment, splits):
     """The run's settings, one markdown line each, for the header of the comparison."""
-    return [
+    sizes = {name: len(split[0]) for name, split in splits.items()}
+    lines = [
         f"backend {environment['backend']} {environment['backend_version']}, keras {environment['keras_version']}, "
         f"keras_stn {environment['keras_stn_version']}, device {environment['device']}",
         protocol_description(args) + (", --quick" if args.quick else ""),
+        f"{sizes['train']} training digits"
+        + (f" (--train-size {args.train_size})" if args.train_size else "")
+        + f", {sizes['validation']} validation, {sizes['test']} test; downsample {args.downsample} (every arm)",
         f"seeds {' '.join(map(str, args.seeds))} (weights and shuffling), dataset seed {args.data_seed} "
         "(the same digits for every seed)",
     ]
+    if args.note:
+        lines.append(args.note)
+    return lines
 
 
 def run(args, callbacks=()):
@@ -390,7 +409,11 @@ def run(args, callbacks=()):
     environment = environment_params()
     if args.resume:
         study = Study(args.resume)
-        args = argparse.Namespace(**{**study.data["args"], "verbose": args.verbose, "resume": args.resume})
+        # Run folders started before an option existed resume with that option's default.
+        added_later = {"downsample": "auto", "train_size": None, "note": None}
+        args = argparse.Namespace(
+            **{**added_later, **study.data["args"], "verbose": args.verbose, "resume": args.resume}
+        )
     else:
         folder = new_folder(args.runs_dir, args.distortion, environment["backend"], args.quick)
         study = Study(folder)
@@ -401,8 +424,11 @@ def run(args, callbacks=()):
     common = {
         "distortion": args.distortion,
         **protocol_params(args),
+        "downsample": args.downsample,
+        "train_size": len(splits["train"][0]),
         "seeds": " ".join(map(str, args.seeds)),
         "data_seed": args.data_seed,
+        **({"note": args.note} if args.note else {}),
         "quick": args.quick,
         "distribute": args.distribute,
         "run_folder": str(study.folder),
@@ -418,7 +444,7 @@ def run(args, callbacks=()):
                 if arm.state["status"] != "trained":
                     train_arm(arm, splits, args, mirror, callbacks)
                     mirror.sync_all(final=True)
-                rows.append(arm.state["row"])
+                rows.append({**arm.state["row"], "run_folder": str(study.folder)})
                 histories[arm.name] = arm.keras_history()
                 print(f"{arm.name}: test error {arm.state['row']['test_error']:.2f}%", file=sys.stderr)
     except BaseException:
@@ -427,7 +453,7 @@ def run(args, callbacks=()):
         print(f"interrupted: continue with --resume {study.folder}", file=sys.stderr)
         raise
     summary = summarize(rows, args.distortion)
-    markdown = table_markdown(rows, args.distortion, settings_lines(args, environment))
+    markdown = table_markdown(rows, args.distortion, settings_lines(args, environment, splits))
     stems = [study.folder / "comparison"]
     stems.append(study.folder / f"{args.distortion}_{environment['backend']}")
     if args.results_dir:

@@ -15,23 +15,32 @@ ROW_COLUMNS = (
     "seed",
     "test_error",
     "paper_test_error",
+    "train_error",
     "best_val_error",
     "epochs",
     "steps",
     "train_seconds",
     "step_ms",
     "params",
+    "train_size",
+    "downsample",
     "data_seed",
     "backend",
     "device",
 )
-SUMMARY_COLUMNS = ("transform", "n", "test_error", "paper_test_error", "seeds")
+SUMMARY_COLUMNS = ("transform", "n", "test_error", "paper_test_error", "train_error", "seeds")
+
+
+def mean_and_std(values):
+    """ "1.23 ± 0.04" (sample standard deviation), or "1.23 (n=1)" for a single value."""
+    mean = statistics.fmean(values)
+    return f"{mean:.2f} (n=1)" if len(values) == 1 else f"{mean:.2f} ± {statistics.stdev(values):.2f}"
 
 
 def summarize(rows, distortion):
     """One dict per transform, in the order the rows first name them: `n`, `mean`, `std` (None
-    for n=1), the formatted `test_error` ("1.23 ± 0.04", or "1.23 (n=1)"), the paper's error and
-    the seeds."""
+    for n=1), the formatted `test_error` ("1.23 ± 0.04", or "1.23 (n=1)"), the paper's error, the
+    formatted error on the training digits (None where a row lacks it) and the seeds."""
     by_transform = {}
     for row in rows:
         by_transform.setdefault(row["transform"], []).append(row)
@@ -40,14 +49,16 @@ def summarize(rows, distortion):
         errors = [float(row["test_error"]) for row in arm_rows]
         mean = statistics.fmean(errors)
         std = statistics.stdev(errors) if len(errors) > 1 else None
+        train_errors = [float(row["train_error"]) for row in arm_rows if row.get("train_error") is not None]
         summary.append(
             {
                 "transform": transform,
                 "n": len(errors),
                 "mean": mean,
                 "std": std,
-                "test_error": f"{mean:.2f} (n=1)" if std is None else f"{mean:.2f} ± {std:.2f}",
+                "test_error": mean_and_std(errors),
                 "paper_test_error": paper_test_error(distortion, transform),
+                "train_error": mean_and_std(train_errors) if len(train_errors) == len(errors) else None,
                 "seeds": " ".join(str(row["seed"]) for row in arm_rows),
             }
         )

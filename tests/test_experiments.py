@@ -23,7 +23,19 @@ pytest.importorskip("matplotlib", reason="the experiments need the `experiments`
 import mlflow  # noqa: E402
 
 import keras_stn  # noqa: E402
-from experiments import choices, data, distorted_mnist, figures, models, runs, study, tables, tracking, training  # noqa: E402
+from experiments import (  # noqa: E402
+    ablation,
+    choices,
+    data,
+    distorted_mnist,
+    figures,
+    models,
+    runs,
+    study,
+    tables,
+    tracking,
+    training,
+)
 from helpers import BACKEND, to_numpy  # noqa: E402
 
 # ------------------------------------------------------------------------------------ models
@@ -63,11 +75,31 @@ def test_small_canvases_are_not_downsampled():
     assert "downsample" not in names and "spatial_transformer" in names
 
 
+@pytest.mark.parametrize("transform", ["affine", "attention"])
+def test_downsample_off_keeps_every_pixel_and_the_classifier_shared(transform):
+    shape = (42, 42, 1)
+    cnn = models.build_model("none", shape, downsample="off")
+    st_cnn = models.build_model(transform, shape, downsample="off")
+    for model in (cnn, st_cnn):
+        assert "downsample" not in [layer.name for layer in model.layers]
+        assert model.get_layer("conv1").output.shape[1:3] == (42, 42)
+    for name in ("conv1", "conv2", "probabilities"):
+        assert st_cnn.get_layer(name).count_params() == cnn.get_layer(name).count_params()
+    pooled = models.build_model("none", shape)
+    assert pooled.get_layer("conv1").output.shape[1:3] == (21, 21)
+    # Four times the pixels after the convolutions, so a four times wider softmax layer.
+    assert cnn.get_layer("probabilities").count_params() > pooled.get_layer("probabilities").count_params()
+
+
 @pytest.mark.parametrize(
     "kwargs, pattern",
     [
         ({"transform": "rotation", "input_shape": (28, 28, 1)}, r"`transform` must be one of .*'none'.*'affine'"),
         ({"transform": "affine", "input_shape": (28, 28)}, r"`input_shape` must be \(height, width, channels\)"),
+        (
+            {"transform": "none", "input_shape": (42, 42, 1), "downsample": "on"},
+            r"`downsample` must be one of \['auto', 'off'\]. Got downsample='on'",
+        ),
     ],
 )
 def test_build_model_rejects_bad_arguments(kwargs, pattern):
@@ -188,6 +220,12 @@ def test_light_choices_match_the_real_ones():
         (["--schedule", "linear"], "argument --schedule: invalid choice: 'linear'"),
         (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
         (["--iterations", "0"], "argument --iterations: expected a positive integer, got 0"),
+        (["--downsample", "on"], "argument --downsample: invalid choice: 'on'"),
+        (["--train-size", "0"], "argument --train-size: expected a positive integer, got 0"),
+        (["--train-size", "50001"], "--train-size exceeds the training split: expected at most 50000 digits, got"),
+        (["--quick", "--train-size", "257"], "expected at most 256 digits with --quick, got --train-size 257"),
+        (["--note", " "], "argument --note: expected one non-empty line of text, got ' '"),
+        (["--note", "a\nb"], "argument --note: expected one non-empty line of text, got 'a\\nb'"),
     ],
 )
 def test_bad_flags_exit_with_a_message(argv, message, capsys):
@@ -203,6 +241,34 @@ def test_distribute_on_torch_points_to_distributed_data_parallel(capsys):
         distorted_mnist.parse_args(["--distribute"])
     assert exit_info.value.code == 2
     assert "DistributedDataParallel" in capsys.readouterr().err
+
+
+def test_downsample_train_size_and_note_defaults():
+    args = distorted_mnist.parse_args([])
+    assert (args.downsample, args.train_size, args.note) == ("auto", None, None)
+    args = distorted_mnist.parse_args(["--downsample", "off", "--train-size", "5000", "--note", " shared CPU "])
+    assert (args.downsample, args.train_size, args.note) == ("off", 5000, "shared CPU")
+
+
+def test_train_size_takes_the_first_training_digits_and_keeps_validation_and_test(monkeypatch):
+    def fake_load_distorted(distortion, num_train=None, num_test=None, **kwargs):
+        size = num_train or 60
+        return {
+            "x_train": np.arange(size, dtype="float32"),
+            "y_train": np.arange(size),
+            "x_test": np.arange(num_test or 20, dtype="float32"),
+            "y_test": np.arange(num_test or 20),
+        }
+
+    monkeypatch.setattr(data, "load_distorted", fake_load_distorted)
+    monkeypatch.setattr(study, "VALIDATION_SIZE", 10)
+    whole = study.load_splits(distorted_mnist.parse_args([]))
+    assert [len(split[0]) for split in whole.values()] == [50, 10, 20]
+    subset = study.load_splits(distorted_mnist.parse_args(["--train-size", "7"]))
+    np.testing.assert_array_equal(subset["train"][0], np.arange(7))
+    np.testing.assert_array_equal(subset["train"][1], np.arange(7))
+    np.testing.assert_array_equal(subset["validation"][0], whole["validation"][0])
+    np.testing.assert_array_equal(subset["test"][0], whole["test"][0])
 
 
 def test_seeds_and_the_single_seed_alias():
@@ -327,7 +393,7 @@ def tracking_dir(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_quick_run_records_runs_params_metrics_models_and_figures(tracking_dir, synthetic_mnist):
     argv = ["--quick", "--distortion", "rts", "--transforms", "none", "affine", "--seeds", "3", "5"]
-    argv += ["--data", synthetic_mnist, "--cache-dir", str(tracking_dir / "cache")]
+    argv += ["--data", synthetic_mnist, "--cache-dir", str(tracking_dir / "cache"), "--note", "a shared machine"]
     argv += ["--results-dir", str(tracking_dir / "results"), "--experiment-name", "smoke", "--verbose", "0"]
     distribute = BACKEND != "torch"  # data parallel over the one CPU device: the same code path as over many
     argv += ["--distribute"] if distribute else []
@@ -340,11 +406,16 @@ def test_quick_run_records_runs_params_metrics_models_and_figures(tracking_dir, 
     assert parent.data.params["distortion"] == "rts" and parent.data.params["backend"] == BACKEND
     assert parent.data.params["transforms"] == "none affine" and parent.data.params["seeds"] == "3 5"
     assert parent.data.params["distribute"] == str(distribute)
+    assert (parent.data.params["downsample"], parent.data.params["train_size"]) == ("auto", "256")
+    assert parent.data.params["note"] == "a shared machine"
+    assert all(0 <= row["train_error"] <= 100 and row["train_size"] == 256 for row in rows)
     parent_artifacts = {artifact.path for artifact in client.list_artifacts(parent_id)}
     assert {"comparison.csv", "comparison.md", "learning_curves.png"} <= parent_artifacts
     table = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/comparison.md")
     assert "| none | 2 |" in table and "| affine | 2 |" in table and "| 0.5 |" in table  # the paper's affine rts
     assert " ± " in table and "seeds 3 5 (weights and shuffling), dataset seed 0" in table
+    assert "- 256 training digits, 128 validation, 128 test; downsample auto (every arm)" in table
+    assert "- a shared machine" in table
     for transform, seed in arms:
         assert f"| {transform} | {seed} |" in table
     assert (tracking_dir / "results" / f"rts_{BACKEND}.md").read_text() == table
@@ -352,6 +423,7 @@ def test_quick_run_records_runs_params_metrics_models_and_figures(tracking_dir, 
         written = list(csv.DictReader(handle))
     assert [(row["transform"], int(row["seed"])) for row in written] == arms
     assert {"transform", "seed", "test_error", "backend", "data_seed", "paper_test_error"} <= set(written[0])
+    assert {"train_error", "train_size", "downsample"} <= set(written[0])
     assert {row["backend"] for row in written} == {BACKEND} and {row["data_seed"] for row in written} == {"0"}
     assert set(parent.data.metrics) == {
         "test_error_none",
@@ -415,6 +487,95 @@ def test_paper_protocol_run_stops_after_the_iterations_and_records_the_protocol(
     assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [1, 2]
     table = (tracking_dir / "results" / f"rts_{BACKEND}.md").read_text()
     assert "protocol paper: SGD (momentum 0.0), lr 0.01 × 0.1 every 4 steps, batch 64, 6 steps, --quick" in table
+
+
+# ----------------------------------------------------------------------------------- ablation
+
+
+def test_ablation_configurations_and_their_errors(capsys):
+    args = ablation.parse_args(["--configs", "off:sgd:3", "auto:adam:1", "--train-size", "100"])
+    assert args.configs == [
+        {"downsample": "off", "optimizer": "sgd", "epochs": 3},
+        {"downsample": "auto", "optimizer": "adam", "epochs": 1},
+    ]
+    first = args.study_args[0]
+    assert (first.downsample, first.optimizer, first.schedule, first.lr, first.momentum) == (
+        "off",
+        "sgd",
+        "cosine",
+        0.01,
+        0,
+    )
+    assert (first.epochs, first.train_size, first.transforms) == (3, 100, ["none"])
+    assert [ablation.configuration(text)["epochs"] for text in ablation.DEFAULT_CONFIGS] == [10, 30, 10, 30, 10, 30]
+    for argv, message in [
+        (["--configs", "auto:adam"], "expected DOWNSAMPLE:OPTIMIZER:EPOCHS such as auto:adam:10, got 'auto:adam'"),
+        (["--configs", "on:adam:10"], "expected a downsample in ['auto', 'off'], got 'on' in 'on:adam:10'"),
+        (["--configs", "auto:rmsprop:10"], "expected an optimizer in ['adam', 'sgd'], got 'rmsprop'"),
+        (["--configs", "auto:adam:0"], "expected a positive number of epochs, got '0' in 'auto:adam:0'"),
+        (
+            ["--configs", "auto:adam:1", "auto:adam:1"],
+            "--configs lists a configuration twice: got auto:adam:1 auto:adam:1",
+        ),
+        (["--train-size", "60000"], "--train-size exceeds the training split"),
+        (["--seeds", "1", "1"], "--seeds lists a seed twice"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            ablation.parse_args(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err, argv
+
+
+def test_ablation_help_imports_no_framework():
+    wrapper = (
+        "import json, runpy, sys\n"
+        "sys.argv = ['ablation', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('experiments.ablation', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(json.dumps([m for m in {HEAVY_MODULES!r} if m in sys.modules]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True
+    )
+    assert "DOWNSAMPLE:OPTIMIZER:EPOCHS" in done.stdout and "--train-size" in done.stdout
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.slow
+def test_ablation_quick_run_writes_one_row_per_configuration_and_seed(tracking_dir, synthetic_mnist):
+    argv = ["--quick", "--configs", "auto:adam:1", "off:sgd:2", "--seeds", "0", "1", "--train-size", "64"]
+    argv += ["--data", synthetic_mnist, "--cache-dir", str(tracking_dir / "cache"), "--verbose", "0"]
+    argv += ["--results-dir", str(tracking_dir / "results"), "--runs-dir", str(tracking_dir / "runs")]
+    rows = ablation.main([*argv, "--note", "tiny"])
+    with open(tracking_dir / "results" / f"ablation_rts_{BACKEND}.csv") as handle:
+        written = list(csv.DictReader(handle))
+    assert list(written[0]) == list(ablation.COLUMNS)
+    configs = [(row["downsample"], row["optimizer"], row["epochs"], row["seed"]) for row in written]
+    assert configs == [
+        ("auto", "adam", "1", "0"),
+        ("auto", "adam", "1", "1"),
+        ("off", "sgd", "2", "0"),
+        ("off", "sgd", "2", "1"),
+    ]
+    assert [row["steps"] for row in written] == ["1", "1", "2", "2"]  # 64 digits at batch 256: one step per epoch
+    assert {row["train_size"] for row in written} == {"64"} and {row["backend"] for row in written} == {BACKEND}
+    assert all(0 <= row["train_error"] <= 100 and 0 <= row["test_error"] <= 100 for row in rows)
+    assert rows[0]["params"] < rows[2]["params"]  # without the pooling the softmax layer sees 4x the features
+    assert len({row["run_folder"] for row in written}) == 2  # one study per configuration
+    table = (tracking_dir / "results" / f"ablation_rts_{BACKEND}.md").read_text()
+    assert "- 64 training digits, 128 validation, 128 test; batch 256" in table and "- tiny" in table
+    assert "| off | sgd | cosine | 0.01 | 0.0 | 2 | 2 | 64 | none | 1 |" in table
+
+    # Run again with one configuration more: the two already in the CSV are kept, not trained again.
+    argv[argv.index("off:sgd:2") + 1 : argv.index("off:sgd:2") + 1] = ["auto:sgd:1"]
+    again = ablation.main(argv)
+    assert [(row["optimizer"], str(row["epochs"])) for row in again] == [("adam", "1")] * 2 + [("sgd", "2")] * 2 + [
+        ("sgd", "1")
+    ] * 2
+    assert [row["run_folder"] for row in again[:4]] == [row["run_folder"] for row in written]
+    assert len(list((tracking_dir / "runs").iterdir())) == 3
 
 
 def test_backend_version_and_device_are_recorded():
