@@ -21,6 +21,7 @@ import argparse
 import csv
 import io
 import os
+import shlex
 import sys
 import time
 
@@ -187,12 +188,16 @@ def row(study_args, arm_row):
     }
 
 
-def kept_rows(path, args, config, backend):
-    """The rows of `config` the CSV at `path` already holds for every seed of `args`, else None."""
+def read_rows(path):
+    """The rows of an earlier ablation CSV at `path` (empty cells as None), or [] if there is none."""
     if not os.path.isfile(path):
-        return None
+        return []
     with open(path) as file:
-        rows = list(csv.DictReader(file))
+        return [{name: value or None for name, value in row.items()} for row in csv.DictReader(file)]
+
+
+def kept_rows(rows, args, config, backend):
+    """The rows of `config` among earlier `rows` for every seed of `args`, else None."""
     wanted = {
         "transform": args.transform,
         "downsample": config["downsample"],
@@ -231,7 +236,7 @@ def rows_markdown(rows, args, environment):
         "learning rate cosine-decayed to 0 over each run",
         "- train_error: the trained model on its own training digits; test_error: on the test set",
         *([f"- {args.note}"] if args.note else []),
-        "- command: `python -m experiments.ablation " + " ".join(args.argv) + "`",
+        "- command: `python -m experiments.ablation " + shlex.join(args.argv) + "`",
         "",
         *markdown_table(rows, shown),
     ]
@@ -249,21 +254,22 @@ def main(argv=None):
     stem = os.path.join(args.results_dir, f"ablation_{args.distortion}_{environment['backend']}")
     os.makedirs(args.results_dir, exist_ok=True)
     rows = []
+    earlier = read_rows(stem + ".csv")
     for config, study_args in zip(args.configs, args.study_args):
-        kept = kept_rows(stem + ".csv", args, config, environment["backend"])
+        kept = kept_rows(earlier, args, config, environment["backend"])
         if kept is not None:
             print(f"ablation: {config} kept from {stem}.csv", file=sys.stderr)
             rows += kept
-            continue
-        start = time.perf_counter()
-        print(f"ablation: {config}", file=sys.stderr)
-        _, arm_rows = study.run(study_args)
-        rows += [row(study_args, arm_row) for arm_row in arm_rows]
+        else:
+            start = time.perf_counter()
+            print(f"ablation: {config}", file=sys.stderr)
+            _, arm_rows = study.run(study_args)
+            rows += [row(study_args, arm_row) for arm_row in arm_rows]
+            print(f"ablation: {config} done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         with open(stem + ".csv", "w") as file:
             file.write(rows_csv(rows))
         with open(stem + ".md", "w") as file:
             file.write(rows_markdown(rows, args, environment))
-        print(f"ablation: {config} done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return rows
 
 
