@@ -8,8 +8,9 @@
 #   2. the sampler benchmark against PyTorch's CUDA kernel (benchmarks.sampler --training),
 #   3. a short distorted-MNIST comparison (CNN vs affine ST-CNN) tracked in a local MLflow store,
 # then `benchmarks.summary --device gpu` over the benchmark results. Each step has its own time
-# limit, so that one hung step cannot take the whole run; the whole run fits in 8 minutes on an
-# H100/H200 (DEVELOPERS.md says how to run it on a lent machine and what to commit).
+# limit, so that one hung step cannot take the whole run: 60 + 90 + 90 s per backend bound two
+# backends (a machine without TensorFlow) to 8 minutes on an H100/H200. DEVELOPERS.md says how
+# to run it on a lent machine and what to commit.
 #
 # Without a GPU the run refuses, unless --dry-run: then every step runs on tiny sizes on the CPU
 # (the suite does this, tests/test_benchmarks.py), so that the script is exercised where CI runs.
