@@ -7,6 +7,9 @@ the rules the wrapper adds (non-finite and huge coordinates, dtypes, the exact i
 checked. On the other backends there is no native path, and the dispatch must say so.
 """
 
+import os
+import threading
+
 import keras
 import numpy as np
 import pytest
@@ -53,6 +56,29 @@ def test_dispatch_is_torch_only_and_can_be_switched_off(monkeypatch):
     monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "1")
     assert native.enabled(images) == (BACKEND == "torch")
     assert not native.enabled(np.zeros((0, 4, 4, 1), "float32")), "an empty batch takes the portable path"
+
+
+def test_switched_holds_for_its_thread_and_leaves_the_environment_alone(monkeypatch):
+    """`switched` overrides `KERAS_STN_NATIVE` in its own thread only, nested blocks restore what
+    was before them, and the process' environment (which other threads and subprocesses see)
+    is never written."""
+    monkeypatch.delenv(native.ENVIRONMENT_VARIABLE, raising=False)
+    images = np.zeros((2, 4, 4, 1), "float32")
+    on_torch = BACKEND == "torch"
+    seen = {}
+    with native.switched(False):
+        assert native.ENVIRONMENT_VARIABLE not in os.environ
+        other = threading.Thread(target=lambda: seen.update(other=native.enabled(images)))
+        other.start()
+        other.join(timeout=60)
+        with native.switched(True):
+            seen["inner"] = native.enabled(images)
+        seen["outer"] = native.enabled(images)
+    assert seen == {"other": on_torch, "inner": on_torch, "outer": False}
+    monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "0")
+    with native.switched(True):
+        assert native.enabled(images) == on_torch
+    assert not native.enabled(images) and os.environ[native.ENVIRONMENT_VARIABLE] == "0"
 
 
 @torch_only

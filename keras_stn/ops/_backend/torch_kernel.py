@@ -19,7 +19,7 @@ sampler without a graph break and a CUDA forward never waits for the device.
 
 This is the one dispatch point: set the environment variable `KERAS_STN_NATIVE=0` to use the
 portable sampler on the torch backend too (it is read at each call; `switched(False)` does the
-same for a block of code). The two agree to float rounding (`tests/test_native.py`). An exact
+same for a block of code in one thread). The two agree to float rounding (`tests/test_native.py`). An exact
 identity theta returns the images bit for bit on both; other warps that the portable sampler
 computes exactly (quarter turns, whole-pixel crops) are exact to rounding, about 1e-7 of the
 values, on the native one.
@@ -27,6 +27,7 @@ values, on the native one.
 
 import contextlib
 import os
+import threading
 
 import keras
 
@@ -37,27 +38,35 @@ ENVIRONMENT_VARIABLE = "KERAS_STN_NATIVE"
 OFF = ("0", "false", "no", "off")
 
 
+# `switched` overrides the environment variable in the thread that entered it, and no other.
+# A thread-local rather than a `contextvars.ContextVar`: torch.compile traces (and guards on)
+# an attribute read of it, but graph-breaks on `ContextVar.get`.
+_switch = threading.local()
+
+
 def enabled(images):
     """Whether `images` are sampled with PyTorch's kernel: on the torch backend unless switched
-    off, for a non-empty batch (PyTorch's `affine_grid` rejects an empty one)."""
+    off (`switched`, else `KERAS_STN_NATIVE`), for a non-empty batch (PyTorch's `affine_grid`
+    rejects an empty one)."""
     if keras.config.backend() != "torch" or images.shape[0] == 0:
         return False
+    forced = getattr(_switch, "on", None)
+    if forced is not None:
+        return forced
     return os.environ.get(ENVIRONMENT_VARIABLE, "1").strip().lower() not in OFF
 
 
 @contextlib.contextmanager
 def switched(on):
     """Within the block, sample with PyTorch's kernel on the torch backend (`on=True`) or with the
-    portable sampler (`on=False`), whatever `KERAS_STN_NATIVE` says outside it."""
-    before = os.environ.get(ENVIRONMENT_VARIABLE)
-    os.environ[ENVIRONMENT_VARIABLE] = "1" if on else "0"
+    portable sampler (`on=False`), whatever `KERAS_STN_NATIVE` says, in this thread only; the
+    process' environment is left alone. Blocks nest."""
+    before = getattr(_switch, "on", None)
+    _switch.on = bool(on)
     try:
         yield
     finally:
-        if before is None:
-            del os.environ[ENVIRONMENT_VARIABLE]
-        else:
-            os.environ[ENVIRONMENT_VARIABLE] = before
+        _switch.on = before
 
 
 def to_channels_first(images, data_format):
