@@ -255,10 +255,10 @@ def affine_grid(theta, size, align_corners=False):
         >>> tuple(affine_grid(identity_3d, (2, 3, 4)).shape)
         (1, 2, 3, 4, 3)
     """
+    if v.is_symbolic(theta):  # the operation checks them (`compute_output_spec`)
+        return AffineGrid(size, align_corners)(theta)
     theta, size = check_theta_and_size(theta, size)
     v.check_bool("align_corners", align_corners)
-    if v.is_symbolic(theta):
-        return AffineGrid(size, align_corners)(theta)
     return affine_grid_unchecked(theta, size, align_corners)
 
 
@@ -268,11 +268,12 @@ class AffineGrid(keras.Operation):
 
     def __init__(self, size, align_corners=False, name=None):
         super().__init__(name=name)
-        self.size, self.align_corners = tuple(size), align_corners
+        self.size, self.align_corners = size, align_corners
 
     def call(self, theta):
         return affine_grid(theta, self.size, self.align_corners)
 
     def compute_output_spec(self, theta):
         theta, size = check_theta_and_size(theta, self.size)
+        v.check_bool("align_corners", self.align_corners)
         return keras.KerasTensor((theta.shape[0], *size, len(size)), dtype=theta.dtype)

@@ -364,13 +364,11 @@ def grid_sample(
         >>> bool(np.allclose(keras.ops.convert_to_numpy(out), volumes, atol=1e-6))
         True
     """
-    data_format = check_modes(interpolation, padding_mode, align_corners, data_format)
-    images, image_shape = check_images(images, data_format)
-    check_volume_interpolation(interpolation, image_shape)
-    grid, grid_shape = check_grid(grid, image_shape, data_format)
-    check_batch(image_shape, "grid", grid_shape)
-    if v.is_symbolic(images, grid):
+    if v.is_symbolic(images, grid):  # the operation checks them (`compute_output_spec`)
         return GridSample(interpolation, padding_mode, align_corners, data_format)(images, grid)
+    data_format, images, image_shape, grid, _ = check_grid_sample(
+        images, grid, interpolation, padding_mode, align_corners, data_format
+    )
     if native.enabled(images):
         work = working_dtype(v.dtype_name(images), v.dtype_name(grid))
         return native.sample(images, grid, interpolation, padding_mode, align_corners, data_format, work)
@@ -438,6 +436,28 @@ def affine_sample(
         >>> tuple(affine_sample(volumes, zoom_in, (2, 4, 4)).shape)  # the central half of each axis
         (2, 2, 4, 4, 1)
     """
+    if v.is_symbolic(images, theta):  # the operation checks them (`compute_output_spec`)
+        return AffineSample(size, interpolation, padding_mode, align_corners, data_format)(images, theta)
+    data_format, images, _, theta, _, size = check_affine_sample(
+        images, theta, size, interpolation, padding_mode, align_corners, data_format
+    )
+    return affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format)
+
+
+def check_grid_sample(images, grid, interpolation, padding_mode, align_corners, data_format):
+    """Validates `grid_sample`'s arguments, eager or symbolic; returns the data format, images,
+    their shape, grid and its shape."""
+    data_format = check_modes(interpolation, padding_mode, align_corners, data_format)
+    images, image_shape = check_images(images, data_format)
+    check_volume_interpolation(interpolation, image_shape)
+    grid, grid_shape = check_grid(grid, image_shape, data_format)
+    check_batch(image_shape, "grid", grid_shape)
+    return data_format, images, image_shape, grid, grid_shape
+
+
+def check_affine_sample(images, theta, size, interpolation, padding_mode, align_corners, data_format):
+    """Validates `affine_sample`'s arguments, eager or symbolic; returns the data format, images,
+    their shape, theta (`(B, n, n + 1)` when eager), its shape as given, and the size."""
     data_format = check_modes(interpolation, padding_mode, align_corners, data_format)
     images, image_shape = check_images(images, data_format)
     check_volume_interpolation(interpolation, image_shape)
@@ -454,9 +474,7 @@ def affine_sample(
     check_batch(image_shape, "theta", theta_shape)
     if size is not None:
         size = v.check_size("size", size, ndim)
-    if v.is_symbolic(images, theta):
-        return AffineSample(size, interpolation, padding_mode, align_corners, data_format)(images, theta)
-    return affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format)
+    return data_format, images, image_shape, theta, theta_shape, size
 
 
 def affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format):
@@ -501,11 +519,8 @@ class GridSample(keras.Operation):
         return grid_sample(images, grid, self.interpolation, self.padding_mode, self.align_corners, self.data_format)
 
     def compute_output_spec(self, images, grid):
-        check_modes(self.interpolation, self.padding_mode, self.align_corners, self.data_format)
-        images, image_shape = check_images(images, self.data_format)
-        check_volume_interpolation(self.interpolation, image_shape)
-        grid, grid_shape = check_grid(grid, image_shape, self.data_format)
-        check_batch(image_shape, "grid", grid_shape)
+        options = (self.interpolation, self.padding_mode, self.align_corners, self.data_format)
+        _, images, image_shape, _, grid_shape = check_grid_sample(images, grid, *options)
         return output_spec(image_shape, grid_shape, grid_shape[1:-1], self.data_format, images.dtype)
 
 
@@ -532,11 +547,7 @@ class AffineSample(keras.Operation):
         return affine_sample(images, theta, self.size, *options)
 
     def compute_output_spec(self, images, theta):
-        check_modes(self.interpolation, self.padding_mode, self.align_corners, self.data_format)
-        images, image_shape = check_images(images, self.data_format)
-        ndim = len(image_shape) - 2
-        theta = check_theta(theta, rows=ndim)
-        check_batch(image_shape, "theta", tuple(theta.shape))
-        in_spatial = spatial_shape_of(image_shape, self.data_format)
-        out_spatial = in_spatial if self.size is None else v.check_size("size", self.size, ndim)
-        return output_spec(image_shape, tuple(theta.shape), out_spatial, self.data_format, images.dtype)
+        options = (self.interpolation, self.padding_mode, self.align_corners, self.data_format)
+        _, images, image_shape, _, theta_shape, size = check_affine_sample(images, theta, self.size, *options)
+        out_spatial = spatial_shape_of(image_shape, self.data_format) if size is None else size
+        return output_spec(image_shape, theta_shape, out_spatial, self.data_format, images.dtype)

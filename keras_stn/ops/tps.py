@@ -172,14 +172,21 @@ def tps_grid(offsets, size, grid_size=None, align_corners=False):
         >>> tuple(tps_grid(offsets, (28, 28)).shape)
         (1, 28, 28, 2)
     """
+    if v.is_symbolic(offsets):  # the operation checks them (`compute_output_spec`)
+        return TpsGrid(size, grid_size, align_corners)(offsets)
+    offsets, grid_size, height, width = check_tps_grid(offsets, size, grid_size, align_corners)
+    return tps_grid_unchecked(offsets, grid_size, height, width, align_corners)
+
+
+def check_tps_grid(offsets, size, grid_size, align_corners):
+    """Validates `tps_grid`'s arguments, eager or symbolic; returns the offsets, the lattice size
+    `K` and the output height and width."""
     if grid_size is not None:
         grid_size = v.check_integer("grid_size", grid_size, minimum=2)
     offsets, grid_size = check_offsets(offsets, grid_size)
     height, width = v.check_size("size", size)
     v.check_bool("align_corners", align_corners)
-    if v.is_symbolic(offsets):
-        return TpsGrid((height, width), grid_size, align_corners)(offsets)
-    return tps_grid_unchecked(offsets, grid_size, height, width, align_corners)
+    return offsets, grid_size, height, width
 
 
 @keras.saving.register_keras_serializable(package="keras_stn")
@@ -188,12 +195,11 @@ class TpsGrid(keras.Operation):
 
     def __init__(self, size, grid_size=None, align_corners=False, name=None):
         super().__init__(name=name)
-        self.size, self.grid_size, self.align_corners = tuple(size), grid_size, align_corners
+        self.size, self.grid_size, self.align_corners = size, grid_size, align_corners
 
     def call(self, offsets):
         return tps_grid(offsets, self.size, self.grid_size, self.align_corners)
 
     def compute_output_spec(self, offsets):
-        offsets, _ = check_offsets(offsets, self.grid_size)
-        height, width = v.check_size("size", self.size)
+        offsets, _, height, width = check_tps_grid(offsets, self.size, self.grid_size, self.align_corners)
         return keras.KerasTensor((offsets.shape[0], height, width, 2), dtype=offsets.dtype)
