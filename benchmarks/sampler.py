@@ -116,6 +116,11 @@ def medians_in_passes(fns, repeats, blocks=2):
     return [1e3 * statistics.median(samples) for samples in times]
 
 
+def torch_backend_device():
+    """The torch device Keras's torch backend puts new tensors on."""
+    return keras.ops.convert_to_tensor(np.zeros(1, "float32")).device
+
+
 def backend_device():
     """("gpu" or "cpu", the device's name) of the device the Keras backend computes on, asked of
     the backend itself (not of PyTorch, whose CPU build says nothing of a JAX or TF GPU)."""
@@ -132,7 +137,7 @@ def backend_device():
         if not gpus:
             return "cpu", "cpu"
         return "gpu", tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
-    device = keras.ops.convert_to_tensor(np.zeros(1, "float32")).device
+    device = torch_backend_device()
     if device.type == "cpu":
         return "cpu", "cpu"
     return "gpu", torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
@@ -144,7 +149,7 @@ def reference_device(kind, name):
     if kind == "cpu":
         return torch.device("cpu")
     if keras.config.backend() == "torch":
-        return keras.ops.convert_to_tensor(np.zeros(1, "float32")).device
+        return torch_backend_device()
     if torch.cuda.is_available():
         return torch.device("cuda")
     raise RuntimeError(
@@ -262,7 +267,7 @@ def keras_implementations(images, theta, weights, size, interpolation, compile=T
         memory = (lambda: tensorflow_gpu_peak(run_both)) if on_gpu else (lambda: process_peak_growth(run_both))
         return {"xla": (run_forward, run_both, memory)}
 
-    device = keras.ops.convert_to_tensor(np.zeros(1, "float32")).device
+    device = torch_backend_device()
     x = torch.tensor(images, device=device, requires_grad=True)
     t = torch.tensor(theta, device=device, requires_grad=True)
     w = torch.tensor(weights, device=device)

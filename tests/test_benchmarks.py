@@ -122,9 +122,8 @@ def test_a_gpu_run_whose_torch_has_no_cuda_refuses(monkeypatch, tmp_path, capsys
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="the torch backend's own device")
 def test_the_torch_reference_runs_on_the_backends_device_under_torch():
-    if BACKEND != "torch":
-        pytest.skip("the torch backend's own device")
     import keras
 
     assert sampler.reference_device("gpu", "any") == keras.ops.convert_to_tensor([0.0]).device

@@ -140,7 +140,10 @@ def test_a_static_batch_is_kept_and_known_from_either_input():
             "same batch size",
         ),
         (lambda: affine_grid(keras.Input((2, 3)), (5, 0)), ValueError, "`size` must be a pair"),
+        (lambda: affine_sample(keras.Input(IMAGES), keras.Input((3, 4))), ValueError, "a 2-D warp"),
         (lambda: tps_grid(keras.Input((17,)), OUT), ValueError, "`offsets` must have shape"),
+        (lambda: tps_grid(keras.Input((18,)), OUT, grid_size=1), ValueError, "`grid_size`"),
+        (lambda: tps_grid(keras.Input((18,)), OUT, align_corners=1), TypeError, "`align_corners` must be a bool"),
         (
             lambda: keras_stn.spatial_transformer_network(keras.Input((9, 8)), keras.Input((6,))),
             ValueError,
