@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU run: one command, nothing fetched, everything written under one folder.
 #
-#   bash benchmarks/gpu_run.sh [--dry-run] [--backends "jax torch tensorflow"] OUT_DIR
+#   bash benchmarks/gpu_run.sh [--dry-run] [--table1] [--backends "jax torch tensorflow"] OUT_DIR
 #
 # For each backend whose framework is installed (a missing one is recorded and skipped):
 #   1. the GPU tests (`pytest -m gpu tests/test_gpu.py`),
@@ -11,6 +11,12 @@
 # limit, so that one hung step cannot take the whole run: 60 + 90 + 90 s per backend bound two
 # backends (a machine without TensorFlow) to 8 minutes on an H100/H200. DEVELOPERS.md says how
 # to run it on a lent machine and what to commit.
+#
+# --table1 runs the paper's Table 1 at a reduced budget instead (experiments/table1.py: R, RTS, P,
+# E with the CNN and the affine, projective and TPS ST-CNNs, cluttered with the CNN and affine, 3
+# seeds, 2 epochs each), by default under torch only: one study per distortion, each under its own
+# limit (4 x 100 + 60 s, so that the call fits 10 minutes), then the collected table
+# `table1/table1_<backend>.md/.csv`, which lists what a limit cut off instead of filling it in.
 #
 # Without a GPU the run refuses, unless --dry-run: then every step runs on tiny sizes on the CPU
 # (the suite does this, tests/test_benchmarks.py), so that the script is exercised where CI runs.
@@ -22,17 +28,22 @@
 set -uo pipefail
 
 dry_run=0
-backends="jax torch tensorflow"
+table1=0
+backends=""
 while [[ $# -gt 1 ]]; do
     case "$1" in
         --dry-run) dry_run=1; shift ;;
+        --table1) table1=1; shift ;;
         --backends) backends="$2"; shift 2 ;;
-        *) echo "gpu_run.sh: unknown option $1 (expected --dry-run, --backends, then OUT_DIR)" >&2; exit 2 ;;
+        *) echo "gpu_run.sh: unknown option $1 (expected --dry-run, --table1, --backends, then OUT_DIR)" >&2; exit 2 ;;
     esac
 done
 if [[ $# -ne 1 || "$1" == --* ]]; then
-    echo "usage: bash benchmarks/gpu_run.sh [--dry-run] [--backends \"jax torch tensorflow\"] OUT_DIR" >&2
+    echo "usage: bash benchmarks/gpu_run.sh [--dry-run] [--table1] [--backends \"jax torch tensorflow\"] OUT_DIR" >&2
     exit 2
+fi
+if [[ -z "$backends" ]]; then
+    if [[ $table1 == 1 ]]; then backends="torch"; else backends="jax torch tensorflow"; fi
 fi
 out="$1"
 cd "$(dirname "$0")/.."
@@ -63,10 +74,16 @@ if [[ $dry_run == 1 ]]; then
     limit_tests=300 limit_bench=300 limit_mnist=300
     bench_args=(--cases tiny,tiny-bicubic --repeats 1 --no-compile)
     mnist_args=(--quick --transforms affine)
+    limit_table1=300 limit_table1_last=300
+    table1_seeds=(0)  # every distortion and arm of the plan, one seed, tiny sizes
+    table1_args=(--quick)
 else
     limit_tests=60 limit_bench=90 limit_mnist=90
     bench_args=(--cases small,channels,large,small-bicubic,large-bicubic,large-float16 --repeats 10 --no-compile --training)
     mnist_args=(--distortion rts --transforms none affine --epochs 2)
+    limit_table1=100 limit_table1_last=60
+    read -ra table1_seeds <<<"$("$python" -c "from experiments.table1 import SEEDS; print(*SEEDS)")"
+    table1_args=(--epochs "$("$python" -c "from experiments.table1 import BUDGET; print(BUDGET['epochs'])")")
 fi
 
 {
@@ -111,6 +128,21 @@ for backend in $backends; do
         status=1
         continue
     fi
+    if [[ $table1 == 1 ]]; then
+        mapfile -t plan < <("$python" -m experiments.table1 plan)
+        for index in "${!plan[@]}"; do
+            read -r distortion arms <<<"${plan[$index]}"
+            limit=$limit_table1
+            (( index == ${#plan[@]} - 1 )) && limit=$limit_table1_last
+            # shellcheck disable=SC2086  # the arms are words
+            step "table1_${backend}_$distortion" "$limit" "$python" -m experiments.distorted_mnist \
+                --distortion "$distortion" --transforms $arms --seeds "${table1_seeds[@]}" "${table1_args[@]}" --experiment-name table1 \
+                --results-dir "$out/table1" --runs-dir "$out/table1_runs/$backend" --verbose 0
+        done
+        step "table1_${backend}" 30 "$python" -m experiments.table1 collect "$out/table1_runs/$backend" \
+            --output "$out/table1/table1_$backend" --seeds "${table1_seeds[@]}"
+        continue
+    fi
     step "tests_$backend" "$limit_tests" "$python" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_gpu.py
     step "benchmark_$backend" "$limit_bench" "$python" -m benchmarks.sampler "${bench_args[@]}" --results-dir "$out/benchmarks"
     step "mnist_$backend" "$limit_mnist" "$python" -m experiments.distorted_mnist "${mnist_args[@]}" \
@@ -119,6 +151,8 @@ done
 
 kind=gpu
 [[ $dry_run == 1 ]] && kind=cpu
-"$python" -m benchmarks.summary --device "$kind" --results-dir "$out/benchmarks" >"$out/summary.md" 2>>"$log" || status=1
+if [[ $table1 == 0 ]]; then
+    "$python" -m benchmarks.summary --device "$kind" --results-dir "$out/benchmarks" >"$out/summary.md" 2>>"$log" || status=1
+fi
 say "done, exit $status: $out"
 exit $status

@@ -184,6 +184,33 @@ def test_the_prepared_gpu_run_dry_runs_on_the_cpu(tmp_path, synthetic_mnist):
     assert "keras 3." in (out / "versions.txt").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "torch", reason="the Table-1 mode runs under torch by default; one backend dry-runs it")
+def test_the_table1_mode_of_the_gpu_run_dry_runs_on_the_cpu(tmp_path, synthetic_mnist):
+    """gpu_run.sh --table1 --dry-run: every study of experiments.table1's plan, one seed, tiny sizes."""
+    from experiments.table1 import PLAN
+
+    env = {**os.environ, "PYTHON": sys.executable, "KERAS_STN_MNIST": synthetic_mnist}
+    out = tmp_path / "run"
+    result = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_run.sh"), "--dry-run", "--table1", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    log = (out / "run.log").read_text()
+    assert result.returncode == 0, log + result.stderr
+    for distortion in PLAN:
+        assert f"table1_torch_{distortion}: exit 0" in log
+    assert "tests_torch" not in log and not (out / "summary.md").exists()  # the Table-1 mode only
+    table = (out / "table1" / "table1_torch.md").read_text()
+    assert "Missing (cut off by a time limit, or failed): none." in table
+    assert "(n=1) (paper 1.1)" in table  # E with the TPS ST-CNN, next to the paper's error
+    rows = (out / "table1" / "table1_torch.csv").read_text().splitlines()[1:]
+    assert len(rows) == sum(len(arms) for arms in PLAN.values())
+
+
 def test_the_prepared_gpu_run_refuses_a_cpu_without_dry_run(tmp_path):
     # No wheels to install: the ones a developer keeps in .whl are for the GPU machine's Python.
     env = {**os.environ, "PYTHON": sys.executable, "KERAS_STN_WHEELS": str(tmp_path / "no-wheels")}
@@ -196,3 +223,13 @@ def test_the_prepared_gpu_run_refuses_a_cpu_without_dry_run(tmp_path):
     )
     assert result.returncode == 1
     assert f"{BACKEND}: refused, the backend sees no GPU" in (tmp_path / "run" / "run.log").read_text()
+    result = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_run.sh"), "--table1", str(tmp_path / "table1")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    log = (tmp_path / "table1" / "run.log").read_text()
+    assert "torch: refused, the backend sees no GPU" in log and "table1_torch" not in log
