@@ -19,7 +19,7 @@
 # `table1/table1_<backend>.md/.csv`, which lists what a limit cut off instead of filling it in.
 #
 # Without a GPU the run refuses, unless --dry-run: then every step runs on tiny sizes on the CPU
-# (the suite does this, tests/test_benchmarks.py), so that the script is exercised where CI runs.
+# (the suite does this, tests/experiments/test_benchmarks.py), so that the script is exercised where CI runs.
 #
 # Python packages the machine lacks (keras, mlflow-skinny, ...) are installed from ./.whl (or
 # $KERAS_STN_WHEELS) when that folder exists (benchmarks/gpu_wheels.sh fills it), into a

@@ -1,7 +1,5 @@
 import contextlib
 import os
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -10,10 +8,6 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BACKEND = keras.config.backend()
-
-# `experiments/` is not part of the installed package: make it importable from the checkout,
-# appended so that `keras_stn` still resolves to the installed copy under tox.
-sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 
 def pytest_report_header(config):

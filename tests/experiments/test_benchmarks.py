@@ -14,7 +14,7 @@ from torch import device as torch_device
 from benchmarks import sampler, summary
 from helpers import BACKEND
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 IMPLEMENTATIONS = {"jax": {"jit", "map_coordinates"}, "tensorflow": {"xla"}, "torch": {"native", "portable"}}
 

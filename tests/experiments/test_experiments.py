@@ -170,7 +170,7 @@ def modules_imported_by(argv):
     )
     done = subprocess.run(
         [sys.executable, "-c", wrapper],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         timeout=60,
@@ -537,7 +537,7 @@ def test_ablation_help_imports_no_framework():
         f"print(json.dumps([m for m in {HEAVY_MODULES!r} if m in sys.modules]))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", wrapper], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True
+        [sys.executable, "-c", wrapper], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True
     )
     assert "DOWNSAMPLE:OPTIMIZER:EPOCHS" in done.stdout and "--train-size" in done.stdout
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
