@@ -41,7 +41,7 @@ def spatial_transformer_network(input_fmap, theta, out_dims=None, *, interpolati
             batch sizes, `out_dims` not two positive integers, an unknown mode.
         TypeError: non-floating `input_fmap` or `theta`.
 
-    Example:
+    Examples:
         >>> import keras
         >>> import numpy as np
         >>> images = np.random.rand(4, 60, 60, 3).astype("float32")

@@ -46,7 +46,7 @@ def default_localization(
         ValueError: when the height or width is not static (a dense layer needs to know them),
             or `units` or `max_size` is not a positive integer.
 
-    Example:
+    Examples:
         >>> net = default_localization((512, 512, 3))
         >>> [type(layer).__name__ for layer in net.layers][:2]
         ['MaxPooling2D', 'MaxPooling2D']
@@ -90,7 +90,7 @@ def default_localization_3d(
         ValueError: when the depth, height or width is not static (a dense layer needs to
             know them), or `units` or `max_size` is not a positive integer.
 
-    Example:
+    Examples:
         >>> net = default_localization_3d((16, 32, 32, 1))
         >>> net.compute_output_shape((None, 16, 32, 32, 1))
         (None, 50)

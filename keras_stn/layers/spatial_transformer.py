@@ -267,7 +267,7 @@ class SpatialTransformer(SpatialTransformerBase):
     image needs a batch axis first (`x[None]`).
     Output shape: `(B, out_H, out_W, C)` or `(B, C, out_H, out_W)`.
 
-    Example:
+    Examples:
         >>> inputs = keras.Input((60, 60, 1))
         >>> x = SpatialTransformer(out_dims=(30, 30), transform="attention")(inputs)
         >>> x = keras.layers.Conv2D(32, 3, activation="relu")(x)
@@ -323,7 +323,7 @@ class SpatialTransformer3D(SpatialTransformerBase):
     Input shape: `(B, D, H, W, C)` (channels_last) or `(B, C, D, H, W)` (channels_first).
     Output shape: `(B, out_D, out_H, out_W, C)` or `(B, C, out_D, out_H, out_W)`.
 
-    Example:
+    Examples:
         >>> inputs = keras.Input((32, 32, 32, 1))
         >>> x = SpatialTransformer3D(out_dims=(16, 16, 16), transform="attention")(inputs)
         >>> x = keras.layers.Conv3D(8, 3, activation="relu")(x)

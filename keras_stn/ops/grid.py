@@ -245,7 +245,7 @@ def affine_grid(theta, size, align_corners=False):
             integers, or a 2-D theta with a 3-entry size (or the reverse).
         TypeError: `theta` not floating point, `size` not integers, `align_corners` not bool.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> identity = np.array([[1, 0, 0, 0, 1, 0]], "float32")
         >>> grid = affine_grid(identity, (2, 2), align_corners=True)

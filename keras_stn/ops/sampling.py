@@ -350,7 +350,7 @@ def grid_sample(
             unknown interpolation, padding mode or data format, or `"bicubic"` for volumes.
         TypeError: non-floating images or grid, non-bool align_corners.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from keras_stn.ops import affine_grid
         >>> images = np.random.rand(2, 8, 8, 3).astype("float32")
@@ -414,7 +414,12 @@ def affine_sample(
             `(B, 3, 4)` or `(B, 12)` for volumes.
         size: output `(height, width)` (`(depth, height, width)` for volumes), positive ints;
             `None` keeps the input's.
-        interpolation, padding_mode, align_corners, data_format: as in `grid_sample`.
+        interpolation: `"bilinear"` (default; trilinear for volumes), `"nearest"` or
+            `"bicubic"` (images only), as in `grid_sample`.
+        padding_mode: `"zeros"` (default), `"border"` or `"reflection"`, as in `grid_sample`.
+        align_corners: bool, as in `affine_grid` and `grid_sample`.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
 
     Returns:
         `(B, height, width, C)` (or `(B, depth, height, width, C)`; channels first if so

@@ -165,7 +165,7 @@ def tps_grid(offsets, size, grid_size=None, align_corners=False):
         TypeError: `offsets` not floating point, `grid_size` or `size` not integers,
             `align_corners` not bool.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> offsets = np.zeros((1, 3, 3, 2), "float32")
         >>> offsets[0, 1, 1] = (0.2, 0.0)  # the centre of the output reads 0.1 of the width to its right
