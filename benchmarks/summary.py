@@ -1,4 +1,4 @@
-"""Collects the sampler benchmark's results into one markdown table (the README's).
+"""Collects the sampler benchmark's results into one markdown table (docs/performance.md's).
 
     python -m benchmarks.summary [--device cpu]
 

@@ -1,4 +1,4 @@
-"""Draws the README's figures: `python docs/make_figures.py` (needs matplotlib).
+"""Draws the documentation's figures (docs/*.png): `python docs/make_figures.py` (needs matplotlib).
 
 - `sanity_check.png`: the sanity check of the original TF `stn` package: a batch of images
   warped by the identity theta and by a 45-degree rotation, output size equal to the input.

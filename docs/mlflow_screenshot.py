@@ -1,4 +1,4 @@
-"""Screenshot of MLflow's run comparison for the README, taken from a real distorted-MNIST run.
+"""Screenshot of MLflow's run comparison for docs/experiments.md, taken from a real distorted-MNIST run.
 
 Needs a running MLflow server over the store the experiment logged into, Playwright
 (`pip install playwright`) and a Chromium (`playwright install chromium`, or pass the path of a

@@ -240,7 +240,7 @@ def build_parser():
         action="store_true",
         help="train data parallel over every visible device of the backend: jax with Keras's DataParallel, "
         "tensorflow with MirroredStrategy (the batch size is the global one); torch needs one process per "
-        "device (DistributedDataParallel, README 'Multiple devices') and rejects the flag",
+        "device (DistributedDataParallel, docs/devices.md 'Multiple devices') and rejects the flag",
     )
     parser.add_argument(
         "--note",
@@ -262,8 +262,8 @@ def parse_args(argv=None):
         if keras.config.backend() == "torch":
             parser.error(
                 "--distribute is not available on the torch backend: Keras's fit runs one process, and torch "
-                "trains on several devices with one process per device (DistributedDataParallel; see the "
-                "README's 'Multiple devices')"
+                "trains on several devices with one process per device (DistributedDataParallel; see "
+                "docs/devices.md, 'Multiple devices')"
             )
     if len(set(args.transforms)) != len(args.transforms):
         parser.error(f"--transforms lists an arm twice: {args.transforms}")

@@ -188,7 +188,7 @@ def sample_pixels(images, coordinates, interpolation, padding_mode, align_corner
     # recomputes them in each of those fusions, which made forward+backward about 3x slower on
     # the small workload (CPU, `benchmarks/sampler.py`), so there they are materialised once.
     # JAX's XLA recomputes them cheaply; materialising them measured up to 3x slower there,
-    # partly because JAX's XLA (jaxlib 0.10) hands the sum in `computed_once` to YNNPACK (README).
+    # partly because JAX's XLA (jaxlib 0.10) hands the sum in `computed_once` to YNNPACK (docs/performance.md).
     coordinates = [computed_once(c, backends=("tensorflow",)) for c in coordinates]
     finite = computed_once(finite, backends=("tensorflow",))
 
@@ -429,7 +429,7 @@ def affine_sample(
         ValueError, TypeError: as `affine_grid` and `grid_sample` for the same arguments; a
             theta whose dimensionality is not the images' raises `ValueError`.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> images = np.random.rand(2, 8, 8, 3).astype("float32")
         >>> shift_right = np.array([[1, 0, -0.25, 0, 1, 0]] * 2, "float32")  # 1 pixel of 8
