@@ -238,9 +238,10 @@ def build_parser():
     parser.add_argument(
         "--distribute",
         action="store_true",
-        help="train data parallel over every visible device of the backend: jax with Keras's DataParallel, "
-        "tensorflow with MirroredStrategy (the batch size is the global one); torch needs one process per "
-        "device (DistributedDataParallel, docs/devices.md 'Multiple devices') and rejects the flag",
+        help="train data parallel over every visible device of the backend (the batch size is the global one): "
+        "jax with Keras's DataParallel, tensorflow with MirroredStrategy, torch with one process per device and "
+        "gradients averaged across them (experiments/torch_parallel.py; on a CPU, $KERAS_STN_TORCH_PROCESSES "
+        "processes, default 1)",
     )
     parser.add_argument(
         "--note",
@@ -256,15 +257,6 @@ def build_parser():
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.distribute:
-        import keras  # only here: the backend decides, and --help must not pay for the import
-
-        if keras.config.backend() == "torch":
-            parser.error(
-                "--distribute is not available on the torch backend: Keras's fit runs one process, and torch "
-                "trains on several devices with one process per device (DistributedDataParallel; see "
-                "docs/devices.md, 'Multiple devices')"
-            )
     if len(set(args.transforms)) != len(args.transforms):
         parser.error(f"--transforms lists an arm twice: {args.transforms}")
     if len(set(args.seeds)) != len(args.seeds):

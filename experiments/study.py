@@ -89,26 +89,40 @@ def data_parallel(distribute):
 
 def train_arm(arm, splits, args, mirror, callbacks=()):
     """Trains one arm (from its last finished epoch when resuming), recording it in its folder."""
+    if args.distribute and keras.config.backend() == "torch":
+        from experiments import torch_parallel
+
+        with torch_parallel.processes(arm, args) as shard:
+            train_arm_on_devices(arm, splits, args, mirror, callbacks, shard)
+        return
     with data_parallel(args.distribute):
         train_arm_on_devices(arm, splits, args, mirror, callbacks)
 
 
-def train_arm_on_devices(arm, splits, args, mirror, callbacks):
+def arm_model(transform, seed, checkpoint, x_train, args):
+    """The arm's compiled model: loaded from `checkpoint` when resuming (weights, optimizer state
+    and step counter of the last finished epoch), else built from `seed`."""
+    if checkpoint:
+        return keras.saving.load_model(checkpoint)
+    keras.utils.set_random_seed(seed)
+    model = build_model(transform, x_train.shape[1:], downsample=args.downsample)
+    model.compile(
+        optimizer=training.optimizer(args, len(x_train)),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def train_arm_on_devices(arm, splits, args, mirror, callbacks, shard=None):
     x_train, _ = splits["train"]
     steps = training.total_steps(args, len(x_train))
     epoch_steps = training.steps_per_epoch(len(x_train), args.batch_size)
     epochs = training.epoch_count(args, len(x_train))
     first_epoch = arm.state["epochs_done"]
-    if first_epoch:  # resuming: weights, optimizer state and step counter of the last finished epoch
-        model = keras.saving.load_model(arm.checkpoint_path())
-    else:
-        keras.utils.set_random_seed(arm.seed)
-        model = build_model(arm.transform, x_train.shape[1:], downsample=args.downsample)
-        model.compile(
-            optimizer=training.optimizer(args, len(x_train)),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
+    model = arm_model(arm.transform, arm.seed, arm.checkpoint_path() if first_epoch else None, x_train, args)
+    if shard is not None:
+        shard.prepare(model)
     arm.state["params"] = {
         **mirror.common,
         "transform": arm.transform,
@@ -119,6 +133,7 @@ def train_arm_on_devices(arm, splits, args, mirror, callbacks):
         "steps": steps,
         "steps_per_epoch": epoch_steps,
         "epochs_trained": epochs,
+        "processes": shard.world if shard is not None else 1,
     }
     arm.state["status"] = "training"
     arm.save()
@@ -133,6 +148,7 @@ def train_arm_on_devices(arm, splits, args, mirror, callbacks):
         epoch_steps,
         args.batch_size,
         first_epoch=first_epoch,
+        shard=shard,
         validation_data=splits["validation"],
         validation_batch_size=args.batch_size,  # Keras's default, 32, makes validation the slower half of an epoch
         callbacks=[logger, *callbacks],

@@ -85,13 +85,16 @@ def fit_segments(first_epoch, steps, epoch_steps):
     return segments
 
 
-def fit(model, train, seed, steps, epoch_steps, batch_size, first_epoch=0, **fit_kwargs):
+def fit(model, train, seed, steps, epoch_steps, batch_size, first_epoch=0, shard=None, **fit_kwargs):
     """Fits `model` on the `train` arrays from epoch `first_epoch` to exactly `steps` steps; returns
-    the merged Keras history dict of the epochs it trained."""
+    the merged Keras history dict of the epochs it trained. With a `shard` (a process of a torch
+    data-parallel run, `experiments.torch_parallel`) it fits that process's slice of every batch."""
     x, y = train
     history = {}
     for initial_epoch, epochs, segment_steps in fit_segments(first_epoch, steps, epoch_steps):
         stream = batch_stream(x, y, batch_size, seed, start_step=initial_epoch * epoch_steps)
+        if shard is not None:
+            stream = shard.batches(stream)
         result = model.fit(
             stream,
             steps_per_epoch=segment_steps,

@@ -235,12 +235,44 @@ def test_bad_flags_exit_with_a_message(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason="--distribute runs in one process on jax and tensorflow")
-def test_distribute_on_torch_points_to_distributed_data_parallel(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        distorted_mnist.parse_args(["--distribute"])
-    assert exit_info.value.code == 2
-    assert "DistributedDataParallel" in capsys.readouterr().err
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "torch", reason="one process per device is torch's way; jax and tensorflow use one")
+def test_distribute_on_torch_over_two_processes_equals_one_process(tmp_path, synthetic_mnist):
+    """--distribute with two gloo processes on the CPU, each fitting half of every batch with the
+    gradients averaged, trains the same weights as one process on the whole batch (to rounding)."""
+    import json
+
+    common = ["--quick", "--transforms", "affine", "--optimizer", "sgd", "--lr", "0.05", "--verbose", "0"]
+    common += ["--data", synthetic_mnist, "--cache-dir", str(tmp_path / "cache"), "--experiment-name", "ddp"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "KERAS_STN_TORCH_TIMEOUT": "120"}
+    weights = {}
+    for name, extra, processes in (("single", [], "1"), ("two", ["--distribute"], "2")):
+        subprocess.run(
+            [sys.executable, "-m", "experiments.distorted_mnist", *common, *extra, "--runs-dir", str(tmp_path / name)],
+            cwd=Path(__file__).resolve().parents[2],
+            env={**env, "KERAS_STN_TORCH_PROCESSES": processes},
+            check=True,
+            timeout=600,
+        )
+        (arm,) = (tmp_path / name).glob("*/affine_seed0")
+        state = json.loads((arm / "state.json").read_text())
+        assert state["status"] == "trained" and state["params"]["processes"] == int(processes)
+        weights[name] = keras.saving.load_model(arm / "model.keras").get_weights()
+    changed = max(float(np.abs(a - b).max()) for a, b in zip(weights["single"], weights["two"]))
+    assert changed < 1e-5, changed
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="one process per device is torch's way; jax and tensorflow use one")
+def test_distribute_on_torch_needs_a_batch_that_splits_evenly(monkeypatch):
+    from experiments import torch_parallel
+
+    monkeypatch.setenv("KERAS_STN_TORCH_PROCESSES", "3")
+    assert torch_parallel.world_size() == 3
+    with pytest.raises(ValueError, match="expected a --batch-size divisible by 3, got 64"):
+        torch_parallel.check_batch_size(64, 3)
+    monkeypatch.setenv("KERAS_STN_TORCH_PROCESSES", "0")
+    with pytest.raises(ValueError, match="KERAS_STN_TORCH_PROCESSES must be a positive integer"):
+        torch_parallel.world_size()
 
 
 def test_downsample_train_size_and_note_defaults():
@@ -395,8 +427,7 @@ def test_quick_run_records_runs_params_metrics_models_and_figures(tracking_dir, 
     argv = ["--quick", "--distortion", "rts", "--transforms", "none", "affine", "--seeds", "3", "5"]
     argv += ["--data", synthetic_mnist, "--cache-dir", str(tracking_dir / "cache"), "--note", "a shared machine"]
     argv += ["--results-dir", str(tracking_dir / "results"), "--experiment-name", "smoke", "--verbose", "0"]
-    distribute = BACKEND != "torch"  # data parallel over the one CPU device: the same code path as over many
-    argv += ["--distribute"] if distribute else []
+    argv += ["--distribute"]  # data parallel over the one CPU device: the same code path as over many
     parent_id, rows = study.run(distorted_mnist.parse_args(argv))
     arms = [("none", 3), ("none", 5), ("affine", 3), ("affine", 5)]
     assert [(row["transform"], row["seed"]) for row in rows] == arms
@@ -405,7 +436,7 @@ def test_quick_run_records_runs_params_metrics_models_and_figures(tracking_dir, 
     parent = client.get_run(parent_id)
     assert parent.data.params["distortion"] == "rts" and parent.data.params["backend"] == BACKEND
     assert parent.data.params["transforms"] == "none affine" and parent.data.params["seeds"] == "3 5"
-    assert parent.data.params["distribute"] == str(distribute)
+    assert parent.data.params["distribute"] == "True"
     assert (parent.data.params["downsample"], parent.data.params["train_size"]) == ("auto", "256")
     assert parent.data.params["note"] == "a shared machine"
     assert all(0 <= row["train_error"] <= 100 and row["train_size"] == 256 for row in rows)
