@@ -6,9 +6,7 @@ stale, a page may hold these markers, each alone on its line:
 - `<!-- benchmark-summary: DEVICE -->`: the table `python -m benchmarks.summary --device DEVICE`
   prints, from `benchmarks/results/sampler_<backend>_<DEVICE>*.json`: per case, each
   implementation's forward+backward time over PyTorch's native kernel (forward in brackets),
-  then the training-step line. It is computed here, the way `benchmarks/summary.py` does,
-  because that module imports the benchmark itself (Keras and PyTorch), which a docs build
-  does not install.
+  then the training-step line, by `benchmarks/summary.py`'s own `summary_table`.
 - `<!-- benchmark-tables -->`: every markdown file in `benchmarks/results/`, one section each,
   its headings moved below the page's.
 - `<!-- include: PATH -->`: a file of the repository (relative to mkdocs.yml) without its
@@ -18,7 +16,7 @@ A marker naming a file that does not exist stops the build.
 """
 
 import glob
-import json
+import importlib.util
 import os
 import re
 
@@ -48,35 +46,17 @@ def on_page_markdown(markdown, page, config, files):
 
 def benchmark_summary(results_dir, device):
     """What `python -m benchmarks.summary --device DEVICE --results-dir RESULTS_DIR` prints."""
-    columns, cases, cells, shapes, notes = [], [], {}, {}, []
-    for path in sorted(glob.glob(os.path.join(results_dir, f"sampler_*_{device}*.json"))):
-        with open(path, encoding="utf-8") as f:
-            result = json.load(f)
-        backend = result["meta"]["backend"]
-        tag = os.path.basename(path)[len(f"sampler_{backend}_{device}") : -len(".json")]
-        label = f"{backend} {tag.strip('_-')}".strip()
-        for row in result["rows"]:
-            column = f"{label} {row['implementation']}"
-            if column not in columns:
-                columns.append(column)
-            if row["case"] not in cases:
-                cases.append(row["case"])
-            shapes[row["case"]] = row["shape"]
-            cells[row["case"], column] = f"{row['forward+backward ratio']:.2f} ({row['forward ratio']:.2f})"
-        training = result.get("training")
-        if training:
-            notes.append(
-                f"{label}: CNN {training['CNN ms']:.0f} ms, ST-CNN {training['ST-CNN ms']:.0f} ms "
-                f"({100 * training['transformer share']:.0f}% of the step)"
-            )
-    if not columns:
-        return f"*No {device.upper()} results in `benchmarks/results/` yet.*"
-    lines = ["| case | shape | " + " | ".join(columns) + " |", "| --- | --- |" + " --- |" * len(columns)]
-    for case in cases:
-        lines.append(f"| {case} | {shapes[case]} | " + " | ".join(cells.get((case, c), "n/a") for c in columns) + " |")
-    if notes:
-        lines += ["", "Training step, batch 64, 60x60, affine ST-CNN vs the CNN alone: " + "; ".join(notes) + "."]
-    return "\n".join(lines)
+    table = load_summary(os.path.dirname(results_dir)).summary_table(results_dir, device)
+    return table or f"*No {device.upper()} results in `benchmarks/results/` yet.*"
+
+
+def load_summary(benchmarks_dir):
+    """benchmarks/summary.py, loaded from its file (it imports no framework, unlike its package's
+    benchmark, and the docs build does not put the repository on the import path)."""
+    spec = importlib.util.spec_from_file_location("benchmarks_summary", os.path.join(benchmarks_dir, "summary.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def benchmark_tables(results_dir, where):

@@ -21,14 +21,12 @@ arrays (nothing is fetched), and training logs once per epoch (no per-step host 
 """
 
 import argparse
-import csv
-import io
 import json
 import sys
 from pathlib import Path
 
 from experiments.paper import paper_test_error
-from experiments.tables import markdown_table, mean_and_std
+from experiments.tables import markdown_table, mean_and_std, table_csv
 
 PLAN = {
     "r": ("none", "affine", "projective", "tps"),
@@ -149,14 +147,6 @@ def table_markdown(table, plan=PLAN):
     return "\n".join(lines) + "\n"
 
 
-def table_csv(rows):
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=ROW_COLUMNS, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m experiments.table1", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -185,7 +175,7 @@ def main(argv=None):
         stem = Path(args.output)
         stem.parent.mkdir(parents=True, exist_ok=True)
         stem.with_suffix(".md").write_text(markdown)
-        stem.with_suffix(".csv").write_text(table_csv(table["rows"]))
+        stem.with_suffix(".csv").write_text(table_csv(table["rows"], ROW_COLUMNS))
     print(markdown)
     return 1 if not table["rows"] else 0
 

@@ -161,20 +161,25 @@ def test_every_row_has_the_memory_of_both_frameworks(monkeypatch):
         assert all(row["peak MiB"] * 2**20 >= gradient_bytes for row in rows)
 
 
+def gpu_run(*arguments, timeout, **env):
+    """Runs benchmarks/gpu_run.sh with `arguments` under this interpreter; returns (exit code,
+    run.log, stderr). The last argument is the output folder."""
+    result = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_run.sh"), *map(str, arguments)],
+        env={**os.environ, "PYTHON": sys.executable, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return result.returncode, (Path(arguments[-1]) / "run.log").read_text(), result.stderr
+
+
 @pytest.mark.slow
 def test_the_prepared_gpu_run_dry_runs_on_the_cpu(tmp_path, synthetic_mnist):
     """benchmarks/gpu_run.sh --dry-run: every step of the device run on tiny sizes, here."""
-    env = {**os.environ, "PYTHON": sys.executable, "KERAS_STN_MNIST": synthetic_mnist}
     out = tmp_path / "run"
-    result = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_run.sh"), "--dry-run", "--backends", BACKEND, str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    log = (out / "run.log").read_text()
-    assert result.returncode == 0, log + result.stderr
+    code, log, stderr = gpu_run("--dry-run", "--backends", BACKEND, out, timeout=900, KERAS_STN_MNIST=synthetic_mnist)
+    assert code == 0, log + stderr
     for step in ("tests", "benchmark", "mnist"):
         assert f"{step}_{BACKEND}: exit 0" in log
     assert "passed" in (out / f"tests_{BACKEND}.log").read_text()
@@ -190,17 +195,9 @@ def test_the_table1_mode_of_the_gpu_run_dry_runs_on_the_cpu(tmp_path, synthetic_
     """gpu_run.sh --table1 --dry-run: every study of experiments.table1's plan, one seed, tiny sizes."""
     from experiments.table1 import PLAN
 
-    env = {**os.environ, "PYTHON": sys.executable, "KERAS_STN_MNIST": synthetic_mnist}
     out = tmp_path / "run"
-    result = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_run.sh"), "--dry-run", "--table1", str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    log = (out / "run.log").read_text()
-    assert result.returncode == 0, log + result.stderr
+    code, log, stderr = gpu_run("--dry-run", "--table1", out, timeout=1200, KERAS_STN_MNIST=synthetic_mnist)
+    assert code == 0, log + stderr
     for distortion in PLAN:
         assert f"table1_torch_{distortion}: exit 0" in log
     assert "tests_torch" not in log and not (out / "summary.md").exists()  # the Table-1 mode only
@@ -213,23 +210,8 @@ def test_the_table1_mode_of_the_gpu_run_dry_runs_on_the_cpu(tmp_path, synthetic_
 
 def test_the_prepared_gpu_run_refuses_a_cpu_without_dry_run(tmp_path):
     # No wheels to install: the ones a developer keeps in .whl are for the GPU machine's Python.
-    env = {**os.environ, "PYTHON": sys.executable, "KERAS_STN_WHEELS": str(tmp_path / "no-wheels")}
-    result = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_run.sh"), "--backends", BACKEND, str(tmp_path / "run")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 1
-    assert f"{BACKEND}: refused, the backend sees no GPU" in (tmp_path / "run" / "run.log").read_text()
-    result = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_run.sh"), "--table1", str(tmp_path / "table1")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 1
-    log = (tmp_path / "table1" / "run.log").read_text()
-    assert "torch: refused, the backend sees no GPU" in log and "table1_torch" not in log
+    no_wheels = str(tmp_path / "no-wheels")
+    code, log, _ = gpu_run("--backends", BACKEND, tmp_path / "run", timeout=300, KERAS_STN_WHEELS=no_wheels)
+    assert code == 1 and f"{BACKEND}: refused, the backend sees no GPU" in log
+    code, log, _ = gpu_run("--table1", tmp_path / "table1", timeout=300, KERAS_STN_WHEELS=no_wheels)
+    assert code == 1 and "torch: refused, the backend sees no GPU" in log and "table1_torch" not in log
