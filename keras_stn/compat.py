@@ -4,12 +4,21 @@
 `from keras_stn import spatial_transformer_network as transformer`.
 """
 
-from keras_stn import _validation as v
-from keras_stn.ops.grid import check_theta
-from keras_stn.ops.sampling import affine_sample
+from keras_stn import _checks
+from keras_stn._typing import Interpolation, PaddingMode, Size2D, Tensor
+from keras_stn.ops.sampling import AffineSample, affine_sample_unchecked
+
+__all__ = ["spatial_transformer_network"]
 
 
-def spatial_transformer_network(input_fmap, theta, out_dims=None, *, interpolation="bilinear", padding_mode="zeros"):
+def spatial_transformer_network(
+    input_fmap: Tensor,
+    theta: Tensor,
+    out_dims: Size2D | None = None,
+    *,
+    interpolation: Interpolation = "bilinear",
+    padding_mode: PaddingMode = "zeros",
+) -> Tensor:
     """Warps a channels-last batch of images by affine `theta`, like the original `stn` package.
 
     Convention:
@@ -50,23 +59,8 @@ def spatial_transformer_network(input_fmap, theta, out_dims=None, *, interpolati
         >>> bool(np.array_equal(keras.ops.convert_to_numpy(out), images))  # exactly
         True
     """
-    input_fmap = v.as_tensor(input_fmap)
-    shape = v.check_rank("input_fmap", input_fmap, 4, "(B, H, W, C)")
-    theta = v.as_tensor(theta)
-    theta_shape = tuple(theta.shape)
-    theta = check_theta(theta)
-    if None not in (shape[0], theta.shape[0]) and shape[0] != theta.shape[0]:
-        raise ValueError(
-            "`input_fmap` and `theta` must have the same batch size. "
-            f"Got input_fmap with shape {shape} and theta with shape {theta_shape}"
-        )
-    size = None if out_dims is None else v.check_size("out_dims", out_dims)
-    return affine_sample(
-        input_fmap,
-        theta,
-        size,
-        interpolation=interpolation,
-        padding_mode=padding_mode,
-        align_corners=True,
-        data_format="channels_last",
-    )
+    options = _checks.sampling_options(interpolation, padding_mode, True, "channels_last")
+    input_fmap, theta, size = _checks.check_stn_call(input_fmap, theta, out_dims)
+    if _checks.is_symbolic(input_fmap, theta):
+        return AffineSample(size, interpolation, padding_mode, True, "channels_last")(input_fmap, theta)
+    return affine_sample_unchecked(input_fmap, theta, size, options)

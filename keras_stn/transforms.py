@@ -31,72 +31,84 @@ same names mean their 3-D counterparts there (`get(name, spatial_rank=3)`):
 """
 
 import abc
+from typing import Any, ClassVar
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_stn import _validation as v
-from keras_stn.ops._layout import first_spatial_axis
+from keras_stn import _checks
+from keras_stn._checks import SamplingOptions
+from keras_stn._layout import first_spatial_axis
+from keras_stn._typing import Size, Tensor
 from keras_stn.ops.grid import affine_grid_unchecked, projective_grid_unchecked
-from keras_stn.ops.sampling import affine_sample_unchecked, grid_sample
+from keras_stn.ops.sampling import affine_sample_unchecked, sample_grid
 from keras_stn.ops.tps import tps_grid_unchecked
+
+__all__ = [
+    "Transform",
+    "AffineTransform",
+    "AffineTransform3D",
+    "Affine",
+    "Attention",
+    "Translation",
+    "Similarity",
+    "Projective",
+    "ThinPlateSpline",
+    "Affine3D",
+    "Attention3D",
+    "get",
+    "serialize",
+]
 
 
 class Transform(abc.ABC):
     """Base class: maps a `(B, num_params)` tensor of parameters to a sampling grid."""
 
-    name = None
-    num_params = None
+    # The name `get` knows it by, and the number of parameters the layer's head regresses.
+    name: ClassVar[str | None] = None
+    num_params: int
     # 2 for images (grids `(B, H, W, 2)`), 3 for volumes (grids `(B, D, H, W, 3)`).
-    spatial_rank = 2
+    spatial_rank: ClassVar[int] = 2
 
     @abc.abstractmethod
-    def identity_params(self):
+    def identity_params(self) -> np.ndarray:
         """The parameters of the identity warp, a float32 NumPy array `(num_params,)`."""
 
-    def check_params(self, params):
-        params = ops.convert_to_tensor(params)
-        shape = tuple(params.shape)
-        if len(shape) != 2 or shape[1] != self.num_params:
-            kind = f"{self.name!r}" if self.spatial_rank == 2 else f"{self.spatial_rank}-D {self.name!r}"
-            raise ValueError(
-                f"`params` of the {kind} transform must have shape (batch, {self.num_params}). "
-                f"Got params with shape {shape}"
-            )
-        v.check_floating("params", params)
-        return params
+    def check_params(self, params: Tensor) -> Tensor:
+        """`params` as a tensor, if it is a float `(batch, num_params)` batch; else raises."""
+        return _checks.check_params(self, params)
 
-    def grid(self, params, size, align_corners=False):
+    def grid(self, params: Tensor, size: Size, align_corners: bool = False) -> Tensor:
         """Sampling grid `(B, H, W, 2)` for output `size = (H, W)`; see `ops.affine_grid`.
 
         For a 3-D transform, `(B, D, H, W, 3)` for `size = (D, H, W)`."""
-        size = v.check_size("size", size, self.spatial_rank)
-        v.check_bool("align_corners", align_corners)
-        return self.grid_unchecked(self.check_params(params), *size, align_corners)
+        size = _checks.check_size("size", size, self.spatial_rank)
+        _checks.check_bool("align_corners", align_corners)
+        return self.grid_unchecked(self.check_params(params), size, align_corners)
 
     @abc.abstractmethod
-    def grid_unchecked(self, params, height, width, align_corners):
-        """`grid` on validated params; `height`/`width` may be scalar tensors (dynamic sizes).
+    def grid_unchecked(self, params: Tensor, size: tuple, align_corners: bool) -> Tensor:
+        """`grid` on validated params; `size` is `(height, width)` (`(depth, height, width)` for
+        a 3-D transform), whose entries may be scalar tensors (dynamic sizes)."""
 
-        A 3-D transform takes `(params, depth, height, width, align_corners)`."""
-
-    def warp(self, images, params, size, interpolation, padding_mode, align_corners, data_format):
-        """Samples validated `images` through the grid of `params`; `size=None` keeps the input's.
+    def warp(self, images: Tensor, params: Tensor, size: tuple | None, options: SamplingOptions) -> Tensor:
+        """Samples `images` through the grid of validated `params` as `options` (a validated
+        `SamplingOptions`) say; `size=None` keeps the input's.
 
         What `SpatialTransformer` calls; subclasses override it where a fused path exists."""
         if size is None:
-            first = first_spatial_axis(data_format)
+            first = first_spatial_axis(options.data_format)
             axes = slice(first, first + self.spatial_rank)
             size = tuple(s if s is not None else d for s, d in zip(images.shape[axes], ops.shape(images)[axes]))
-        grid = self.grid_unchecked(params, *size, align_corners)
-        return grid_sample(images, grid, interpolation, padding_mode, align_corners, data_format)
+        grid = self.grid_unchecked(params, size, options.align_corners)
+        return sample_grid(images, grid, options)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> "Transform":
         return cls(**config)
 
     def __repr__(self):
@@ -113,29 +125,25 @@ class Transform(abc.ABC):
 class AffineTransform(Transform):
     """A transform whose grid is `affine_grid(to_theta(params))`."""
 
-    def to_theta(self, params):
+    def to_theta(self, params: Tensor) -> Tensor:
         """The `(B, 2, 3)` affine matrix of a batch of parameters (`(B, 3, 4)` for 3-D ones)."""
         return self.theta_unchecked(self.check_params(params))
 
     @abc.abstractmethod
-    def theta_unchecked(self, params):
+    def theta_unchecked(self, params: Tensor) -> Tensor:
         """`to_theta` on validated params."""
 
-    def grid_unchecked(self, params, height, width, align_corners):
-        return affine_grid_unchecked(self.theta_unchecked(params), (height, width), align_corners)
+    def grid_unchecked(self, params: Tensor, size: tuple, align_corners: bool) -> Tensor:
+        return affine_grid_unchecked(self.theta_unchecked(params), size, align_corners)
 
-    def warp(self, images, params, size, interpolation, padding_mode, align_corners, data_format):
-        theta = self.theta_unchecked(params)
-        return affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format)
+    def warp(self, images: Tensor, params: Tensor, size: tuple | None, options: SamplingOptions) -> Tensor:
+        return affine_sample_unchecked(images, self.theta_unchecked(params), size, options)
 
 
 class AffineTransform3D(AffineTransform):
     """A volumetric transform whose grid is `affine_grid(to_theta(params))`, theta `(B, 3, 4)`."""
 
     spatial_rank = 3
-
-    def grid_unchecked(self, params, depth, height, width, align_corners):
-        return affine_grid_unchecked(self.theta_unchecked(params), (depth, height, width), align_corners)
 
 
 def matrix(rows):
@@ -230,8 +238,9 @@ class Projective(Transform):
     def identity_params(self):
         return np.array([1, 0, 0, 0, 1, 0, 0, 0], "float32")
 
-    def grid_unchecked(self, params, height, width, align_corners):
+    def grid_unchecked(self, params: Tensor, size: tuple, align_corners: bool) -> Tensor:
         homography = ops.reshape(ops.concatenate([params, ops.ones_like(params[:, :1])], axis=1), (-1, 3, 3))
+        height, width = size
         return projective_grid_unchecked(homography, height, width, align_corners)
 
 
@@ -250,15 +259,16 @@ class ThinPlateSpline(Transform):
 
     name = "tps"
 
-    def __init__(self, grid_size=3):
-        self.grid_size = v.check_integer("grid_size", grid_size, minimum=2)
+    def __init__(self, grid_size: int = 3):
+        self.grid_size = _checks.check_integer("grid_size", grid_size, minimum=2)
         self.num_params = 2 * self.grid_size**2
 
     def identity_params(self):
         return np.zeros(self.num_params, "float32")
 
-    def grid_unchecked(self, params, height, width, align_corners):
+    def grid_unchecked(self, params: Tensor, size: tuple, align_corners: bool) -> Tensor:
         offsets = ops.reshape(params, (-1, self.grid_size**2, 2))
+        height, width = size
         return tps_grid_unchecked(offsets, self.grid_size, height, width, align_corners)
 
     def get_config(self):
@@ -299,8 +309,10 @@ class Attention3D(AffineTransform3D):
         return matrix([[s, zero, zero, tx], [zero, s, zero, ty], [zero, zero, s, tz]])
 
 
-TRANSFORMS = {cls.name: cls for cls in (Affine, Attention, Translation, Similarity, Projective, ThinPlateSpline)}
-TRANSFORMS_3D = {cls.name: cls for cls in (Affine3D, Attention3D)}
+TRANSFORMS: dict[str, type[Transform]] = {
+    str(cls.name): cls for cls in (Affine, Attention, Translation, Similarity, Projective, ThinPlateSpline)
+}
+TRANSFORMS_3D: dict[str, type[Transform]] = {str(cls.name): cls for cls in (Affine3D, Attention3D)}
 REGISTRIES = {2: TRANSFORMS, 3: TRANSFORMS_3D}
 
 
@@ -327,11 +339,11 @@ def suggestion(name, spatial_rank):
     if RELATED.get(key) in registry:
         return f" Did you mean {RELATED[key]!r}?"
     spellings = {**{n: n for n in registry}, **{a: n for a, n in ALIASES.items() if n in registry}}
-    close = v.closest(key, spellings)
+    close = _checks.closest(key, spellings)
     return f" Did you mean {spellings[close]!r}?" if close else ""
 
 
-def get(identifier, spatial_rank=2):
+def get(identifier: str | dict | Transform, spatial_rank: int = 2) -> Transform:
     """Resolves a transform name, instance or serialised config to a `Transform` instance.
 
     Names are case-insensitive and accept the aliases in `ALIASES` (see the module docstring).
@@ -362,9 +374,10 @@ def get(identifier, spatial_rank=2):
     )
 
 
-def serialize(transform):
+def serialize(transform: Transform) -> str | dict:
     """A built-in transform without options serialises as its name, anything else as a config."""
     registry = REGISTRIES.get(transform.spatial_rank, {})
-    if type(transform) is registry.get(transform.name) and not transform.get_config():
-        return transform.name
+    name = transform.name
+    if name is not None and type(transform) is registry.get(name) and not transform.get_config():
+        return name
     return keras.saving.serialize_keras_object(transform)

@@ -216,7 +216,8 @@ def test_input_fmap_must_be_rank_4(shape):
 def test_integer_input_raises_type_error(dtype):
     with pytest.raises(TypeError) as info:
         spatial_transformer_network(np.zeros((2, 8, 8, 1), dtype), np.zeros((2, 6), "float32"))
-    assert "floating" in str(info.value) and "Got" in str(info.value)
+    message = str(info.value)
+    assert "`input_fmap`" in message and "floating" in message and f"Got input_fmap with dtype {dtype}" in message
 
 
 def test_integer_theta_raises_type_error():

@@ -9,6 +9,7 @@ import pytest
 import keras_stn
 from helpers import to_numpy
 from keras_stn import transforms
+from keras_stn._checks import sampling_options
 from reference import grid_sample_ref
 
 AFFINE_NAMES = ["affine", "attention", "translation", "similarity"]
@@ -273,8 +274,9 @@ class Barrel(transforms.Transform):
     def identity_params(self):
         return np.zeros(1, "float32")
 
-    def grid_unchecked(self, params, height, width, align_corners):
+    def grid_unchecked(self, params, size, align_corners):
         ops = keras.ops
+        height, width = size
 
         def centres(n):  # n may be an int or a scalar tensor
             i = ops.cast(ops.arange(n), "float32")
@@ -321,16 +323,16 @@ def test_custom_transform_warp(align_corners, rng):
     images = rng.random((3, 10, 12, 2)).astype("float32")
     params = np.array([[0.0], [0.3], [-0.25]], "float32")
     barrel = Barrel()
-    out = to_numpy(barrel.warp(images, params, None, "bilinear", "zeros", align_corners, "channels_last"))
+    options = sampling_options("bilinear", "zeros", align_corners, "channels_last")
+    out = to_numpy(barrel.warp(images, params, None, options))
     assert out.shape == images.shape
     np.testing.assert_allclose(out[0], images[0], atol=1e-5)  # k = 0 is the identity
     grid = barrel_grid_np(params[:, 0], (10, 12), align_corners)
     np.testing.assert_allclose(out, grid_sample_ref(images, grid, align_corners=align_corners), atol=1e-5)
     assert not np.allclose(out[1], images[1], atol=1e-2)
     # An explicit size and channels_first go through the same generic path.
-    out = to_numpy(
-        barrel.warp(images.transpose(0, 3, 1, 2), params, (7, 5), "bilinear", "border", align_corners, "channels_first")
-    )
+    options = sampling_options("bilinear", "border", align_corners, "channels_first")
+    out = to_numpy(barrel.warp(images.transpose(0, 3, 1, 2), params, (7, 5), options))
     grid = barrel_grid_np(params[:, 0], (7, 5), align_corners)
     expected = grid_sample_ref(images, grid, padding_mode="border", align_corners=align_corners)
     np.testing.assert_allclose(out, expected.transpose(0, 3, 1, 2), atol=1e-5)
@@ -408,7 +410,8 @@ def test_attention_half_scale_crops_the_centre_exactly_align_corners_true(rng):
     params = np.array([[0.5, 0, 0]] * 2, "float32")
     attention = transforms.get("attention")
     crop = images[:, 2:7, 2:7]
-    fused = to_numpy(attention.warp(images, params, (5, 5), "bilinear", "zeros", True, "channels_last"))
+    options = sampling_options("bilinear", "zeros", True, "channels_last")
+    fused = to_numpy(attention.warp(images, params, (5, 5), options))
     np.testing.assert_array_equal(fused, crop)
     via_grid = to_numpy(keras_stn.ops.grid_sample(images, attention.grid(params, (5, 5), True), align_corners=True))
     np.testing.assert_allclose(via_grid, crop, atol=1e-6)
@@ -435,7 +438,8 @@ def test_attention_half_scale_reads_the_centre_align_corners_false(n, rng):
             + images[:, lo : lo + n, lo + 1 : lo + n + 1]
             + images[:, lo + 1 : lo + n + 1, lo + 1 : lo + n + 1]
         )
-    fused = to_numpy(attention.warp(images, params, (n, n), "bilinear", "zeros", False, "channels_last"))
+    options = sampling_options("bilinear", "zeros", False, "channels_last")
+    fused = to_numpy(attention.warp(images, params, (n, n), options))
     np.testing.assert_allclose(fused, expected, rtol=1e-6, atol=1e-6)
     via_grid = to_numpy(keras_stn.ops.grid_sample(images, attention.grid(params, (n, n)), align_corners=False))
     np.testing.assert_allclose(via_grid, expected, rtol=1e-6, atol=1e-6)

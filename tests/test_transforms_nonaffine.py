@@ -12,6 +12,7 @@ import pytest
 import keras_stn
 from helpers import BACKEND, to_numpy, value_and_grad
 from keras_stn import transforms
+from keras_stn._checks import sampling_options
 from keras_stn.ops import affine_grid, grid_sample, tps_grid
 from reference import affine_grid_ref, grid_sample_ref, projective_grid_ref, tps_grid_ref
 
@@ -35,7 +36,8 @@ def homography(params):
 
 
 def warp(transform, images, params, size=None, interpolation="bilinear", padding_mode="zeros", align_corners=False):
-    return transform.warp(images, params, size, interpolation, padding_mode, align_corners, "channels_last")
+    options = sampling_options(interpolation, padding_mode, align_corners, "channels_last")
+    return transform.warp(images, params, size, options)
 
 
 # --------------------------------------------------------------------------- projective

@@ -2,8 +2,11 @@
 
 import keras
 
-from keras_stn import _validation as v
-from keras_stn.ops._layout import spatial_shape_of
+from keras_stn import _checks
+from keras_stn._layout import spatial_shape_of
+from keras_stn._typing import DataFormat
+
+__all__ = ["default_localization", "default_localization_3d", "MAX_SIZE_2D", "MAX_SIZE_3D"]
 
 # The largest size, per spatial axis, the default nets run the paper's layers at: larger inputs
 # are max-pooled down to it first. 64 keeps the paper's 28, 40 and 60 pixel inputs unpooled;
@@ -13,8 +16,13 @@ MAX_SIZE_3D = 32
 
 
 def default_localization(
-    input_shape, data_format="channels_last", dtype=None, name="localization", units=50, max_size=MAX_SIZE_2D
-):
+    input_shape: tuple,
+    data_format: DataFormat = "channels_last",
+    dtype: str | None = None,
+    name: str = "localization",
+    units: int = 50,
+    max_size: int | None = MAX_SIZE_2D,
+) -> keras.Sequential:
     """The small CNN used when `SpatialTransformer(localization=None)`.
 
     Follows the paper's ST-CNN localization net: 2x max-pooling, a 5x5 convolution with 20
@@ -57,8 +65,13 @@ def default_localization(
 
 
 def default_localization_3d(
-    input_shape, data_format="channels_last", dtype=None, name="localization", units=50, max_size=MAX_SIZE_3D
-):
+    input_shape: tuple,
+    data_format: DataFormat = "channels_last",
+    dtype: str | None = None,
+    name: str = "localization",
+    units: int = 50,
+    max_size: int | None = MAX_SIZE_3D,
+) -> keras.Sequential:
     """The small 3-D CNN used when `SpatialTransformer3D(localization=None)`.
 
     The volumetric counterpart of `default_localization`: 2x max-pooling, a convolution with 20
@@ -100,18 +113,11 @@ def default_localization_3d(
 
 def convolutional_localization(rank, kernel_size, input_shape, data_format, dtype, name, units, max_size):
     """[pool to max_size,] pool, conv, pool, conv, flatten, dense: the default localization net."""
-    if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-        raise ValueError(f"`units` must be a positive integer. Got units={units!r}")
-    max_size = v.check_optional_integer("max_size", max_size, minimum=1)
+    _checks.check_units(units)
+    max_size = _checks.check_optional_integer("max_size", max_size, minimum=1)
     shape = tuple(input_shape)[-(rank + 1) :]
     spatial = spatial_shape_of((None, *shape), data_format)
-    if None in spatial:
-        axes = "height and width" if rank == 2 else "depth, height and width"
-        raise ValueError(
-            f"The default localization network needs a static {axes} (it ends in a "
-            "dense layer); pass `localization=` a network that handles variable sizes, e.g. one "
-            f"ending in GlobalAveragePooling{rank}D. Got input shape {tuple(input_shape)}"
-        )
+    _checks.check_static_spatial(spatial, input_shape, rank)
     conv = {2: keras.layers.Conv2D, 3: keras.layers.Conv3D}[rank]
     pool = {2: keras.layers.MaxPooling2D, 3: keras.layers.MaxPooling3D}[rank]
     common = dict(data_format=data_format, dtype=dtype)

@@ -5,62 +5,63 @@ inputs); both are `SpatialTransformerBase` with a different number of spatial ax
 """
 
 import copy
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 import keras
 
-from keras_stn import _validation as v
+from keras_stn import _checks
 from keras_stn import transforms as transforms_lib
+from keras_stn._layout import spatial_shape_of, with_spatial_shape
+from keras_stn._typing import DataFormat, Interpolation, PaddingMode, Size
 from keras_stn.layers.localization import MAX_SIZE_2D, MAX_SIZE_3D, default_localization, default_localization_3d
-from keras_stn.ops._layout import spatial_shape_of, with_spatial_shape
+
+__all__ = ["SpatialTransformer", "SpatialTransformer3D", "SpatialTransformerBase"]
 
 
 class SpatialTransformerBase(keras.layers.Layer):
     """What `SpatialTransformer` and `SpatialTransformer3D` share; see those for the arguments.
 
     Subclasses set `spatial_rank` (2 or 3: the inputs have rank `spatial_rank + 2`), the
-    `interpolations` they support and `default_localization`, the network built when
-    `localization=None`, with `default_localization_max_size` its working size for
-    `localization_max_size="auto"`.
+    `interpolations` they support and `localization_builder`, the function that builds the
+    network used when `localization=None`, with `default_localization_max_size` its working
+    size for `localization_max_size="auto"`.
     """
 
-    spatial_rank = None
-    interpolations = None
-    default_localization_max_size = None
+    spatial_rank: ClassVar[int]
+    interpolations: ClassVar[tuple[str, ...]]
+    default_localization_max_size: ClassVar[int]
+    localization_builder: ClassVar[Callable[..., keras.layers.Layer]]
 
     def __init__(
         self,
-        out_dims=None,
-        transform="affine",
-        localization=None,
-        interpolation="bilinear",
-        padding_mode="zeros",
-        align_corners=False,
-        data_format=None,
-        return_theta=False,
-        localization_gradient_scale=1.0,
-        localization_max_size="auto",
-        **kwargs,
+        out_dims: Size | None = None,
+        transform: str | dict | transforms_lib.Transform = "affine",
+        localization: keras.layers.Layer | None = None,
+        interpolation: Interpolation = "bilinear",
+        padding_mode: PaddingMode = "zeros",
+        align_corners: bool = False,
+        data_format: DataFormat | None = None,
+        return_theta: bool = False,
+        localization_gradient_scale: float = 1.0,
+        localization_max_size: int | Literal["auto"] | None = "auto",
+        **kwargs: Any,
     ):
         super().__init__(**kwargs)
         rank = self.spatial_rank
-        self.out_dims = None if out_dims is None else v.check_size("out_dims", out_dims, rank)
+        self.out_dims = None if out_dims is None else _checks.check_size("out_dims", out_dims, rank)
         self.transform = transforms_lib.get(transform, rank)
-        self.interpolation = v.check_choice("interpolation", interpolation, self.interpolations)
-        self.padding_mode = v.check_choice("padding_mode", padding_mode, v.PADDING_MODES)
-        self.align_corners = v.check_bool("align_corners", align_corners)
-        self.data_format = v.standardize_data_format(data_format)
-        self.return_theta = v.check_bool("return_theta", return_theta)
-        self.localization_gradient_scale = v.check_positive_number(
+        self.options = _checks.sampling_options(
+            interpolation, padding_mode, align_corners, data_format, interpolations=self.interpolations
+        )
+        self.return_theta = _checks.check_bool("return_theta", return_theta)
+        self.localization_gradient_scale = _checks.check_positive_number(
             "localization_gradient_scale", localization_gradient_scale
         )
-        if localization is not None and not isinstance(localization, keras.layers.Layer):
-            raise TypeError(
-                "`localization` must be a Keras layer or model (or None for the default CNN). "
-                f"Got localization={localization!r}"
-            )
+        _checks.check_localization(localization)
         if isinstance(localization_max_size, str) and localization_max_size == "auto":
             localization_max_size = self.default_localization_max_size
-        self.localization_max_size = v.check_optional_integer("localization_max_size", localization_max_size, 1)
+        self.localization_max_size = _checks.check_optional_integer("localization_max_size", localization_max_size, 1)
         self.has_custom_localization = localization is not None
         self.localization = localization
         identity = self.transform.identity_params()
@@ -75,7 +76,9 @@ class SpatialTransformerBase(keras.layers.Layer):
 
     def default_localization(self, input_shape):
         """The network `build` creates when `localization=None`, for inputs of `input_shape`."""
-        raise NotImplementedError
+        return self.localization_builder(
+            input_shape, self.data_format, dtype=self.dtype_policy, max_size=self.localization_max_size
+        )
 
     def __call__(self, inputs, *args, **kwargs):
         # Checked before Keras's InputSpec, whose message ("expected ndim=4, found ndim=3")
@@ -85,29 +88,13 @@ class SpatialTransformerBase(keras.layers.Layer):
         return super().__call__(inputs, *args, **kwargs)
 
     def check_input_rank(self, shape):
-        rank = self.spatial_rank + 2
-        if len(shape) == rank:
-            return
-        kind, axes = ("images", "height, width") if self.spatial_rank == 2 else ("volumes", "depth, height, width")
-        layout = f"(batch, {axes}, channels)" if self.data_format == "channels_last" else f"(batch, channels, {axes})"
-        hints = []
-        if len(shape) == rank - 1:
-            if shape[0] is not None:  # a symbolic batch axis rules out a single example
-                example = kind[:-1]
-                hints.append(
-                    f"for a single {example} add a batch axis, e.g. `x[None]` or `keras.ops.expand_dims(x, 0)`"
-                )
-            channel = "`x[..., None]`" if self.data_format == "channels_last" else "`x[:, None]`"
-            hints.append(f"for {kind} without channels add a channel axis, e.g. {channel}")
-        other_kind, other_layer = (
-            ("volumes", "SpatialTransformer3D") if self.spatial_rank == 2 else ("images", "SpatialTransformer")
-        )
-        if len(shape) == (5 if self.spatial_rank == 2 else 4):
-            hints.append(f"for a batch of {other_kind} use `{other_layer}`")
-        raise ValueError(
-            f"`inputs` of {type(self).__name__} must be a rank-{rank} batch of {kind} {layout}"
-            f"{''.join(f'; {hint}' for hint in hints)}. Got inputs with shape {shape}"
-        )
+        _checks.check_input_rank(type(self).__name__, shape, self.spatial_rank, self.data_format)
+
+    # The sampling options, read from the validated `options` (what `get_config` saves).
+    interpolation = property(lambda self: self.options.interpolation)
+    padding_mode = property(lambda self: self.options.padding_mode)
+    align_corners = property(lambda self: self.options.align_corners)
+    data_format = property(lambda self: self.options.data_format)
 
     def spatial_dims(self, shape):
         return tuple(spatial_shape_of(shape, self.data_format))
@@ -118,11 +105,7 @@ class SpatialTransformerBase(keras.layers.Layer):
         if not self.localization.built:
             self.localization.build(input_shape)
         features_shape = tuple(self.localization.compute_output_shape(input_shape))
-        if len(features_shape) != 2 or features_shape[-1] is None:
-            raise ValueError(
-                "`localization` must map the input to a (batch, features) tensor with a known "
-                f"number of features. Got output shape {features_shape} for input shape {tuple(input_shape)}"
-            )
+        _checks.check_features_shape(features_shape, input_shape)
         self.head.build(features_shape)
 
     def images_dtype(self, dtype):
@@ -139,17 +122,13 @@ class SpatialTransformerBase(keras.layers.Layer):
         dtype = self.images_dtype(inputs.dtype)
         if keras.backend.standardize_dtype(inputs.dtype) != dtype:
             inputs = keras.ops.cast(inputs, dtype)
-        theta = scale_gradient(self.head(self.localization(inputs)), self.localization_gradient_scale)
-        outputs = self.transform.warp(
-            inputs,
-            theta,
-            self.out_dims,
-            self.interpolation,
-            self.padding_mode,
-            self.align_corners,
-            self.data_format,
-        )
-        return (outputs, theta) if self.return_theta else outputs
+        # The head regresses the transform's parameters, (B, num_params); the affine matrix theta
+        # is `transform.to_theta(params)` (for "affine" the same numbers, row-major).
+        localization = self.localization
+        assert localization is not None, "built by `build`"
+        params = scale_gradient(self.head(localization(inputs)), self.localization_gradient_scale)
+        outputs = self.transform.warp(inputs, params, self.out_dims, self.options)
+        return (outputs, params) if self.return_theta else outputs
 
     def compute_output_shape(self, input_shape):
         dims = self.out_dims if self.out_dims is not None else self.spatial_dims(input_shape)
@@ -160,8 +139,8 @@ class SpatialTransformerBase(keras.layers.Layer):
         return shape
 
     def compute_output_spec(self, inputs):
-        # Keras's default gives every output the compute dtype; theta is float32 (the head's
-        # dtype) even under a mixed policy.
+        # Keras's default gives every output the compute dtype; the regressed parameters are
+        # float32 (the head's dtype) even under a mixed policy.
         shape = self.compute_output_shape(inputs.shape)
         if not self.return_theta:
             return keras.KerasTensor(shape, dtype=self.images_dtype(inputs.dtype))
@@ -243,12 +222,12 @@ class SpatialTransformer(SpatialTransformerBase):
         align_corners: bool, see `keras_stn.ops.affine_grid`.
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
-        return_theta: if True, the layer returns `(outputs, theta)` where `theta` is the
-            regressed `(B, transform.num_params)` parameters of the same forward pass (for
-            `"affine"`, the row-major `(B, 6)` matrix; `layer.transform.to_theta(theta)` gives
-            the `(B, 2, 3)` matrix of any affine-family transform). Use it to plot what the
+        return_theta: if True, the layer returns `(outputs, params)`: the transform's
+            regressed parameters `(B, transform.num_params)` of the same forward pass (for
+            `"affine"`, the row-major `(B, 6)` theta; `layer.transform.to_theta(params)` gives
+            the `(B, 2, 3)` theta of any affine-family transform). Use it to plot what the
             transformer does or to put a loss on the transform. Without it the layer returns
-            one tensor, so `out, theta = layer(x)` unpacks the batch: an error for most batch
+            one tensor, so `out, params = layer(x)` unpacks the batch: an error for most batch
             sizes, but with a batch of 2 silently the two warped images.
         localization_gradient_scale: positive float (default 1) multiplying the gradient that
             flows from the transform into the head and the localization net. With plain SGD
@@ -274,14 +253,10 @@ class SpatialTransformer(SpatialTransformerBase):
     """
 
     spatial_rank = 2
-    interpolations = v.INTERPOLATIONS
+    interpolations = _checks.INTERPOLATIONS
 
     default_localization_max_size = MAX_SIZE_2D
-
-    def default_localization(self, input_shape):
-        return default_localization(
-            input_shape, self.data_format, dtype=self.dtype_policy, max_size=self.localization_max_size
-        )
+    localization_builder = staticmethod(default_localization)
 
 
 @keras.saving.register_keras_serializable(package="keras_stn")
@@ -310,9 +285,9 @@ class SpatialTransformer3D(SpatialTransformerBase):
         align_corners: bool, see `keras_stn.ops.affine_grid`.
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
-        return_theta: if True, the layer returns `(outputs, theta)` where `theta` is the
-            regressed `(B, transform.num_params)` parameters of the same forward pass
-            (`layer.transform.to_theta(theta)` gives the `(B, 3, 4)` matrix).
+        return_theta: if True, the layer returns `(outputs, params)`: the transform's
+            regressed parameters `(B, transform.num_params)` of the same forward pass
+            (`layer.transform.to_theta(params)` gives the `(B, 3, 4)` theta).
         localization_gradient_scale: as for `SpatialTransformer`: multiplies the gradient
             into the head and the localization net (a learning-rate multiplier under SGD).
         localization_max_size: as for `SpatialTransformer`, with `"auto"` meaning 32: volumes
@@ -330,11 +305,7 @@ class SpatialTransformer3D(SpatialTransformerBase):
     """
 
     spatial_rank = 3
-    interpolations = v.VOLUME_INTERPOLATIONS
+    interpolations = _checks.VOLUME_INTERPOLATIONS
 
     default_localization_max_size = MAX_SIZE_3D
-
-    def default_localization(self, input_shape):
-        return default_localization_3d(
-            input_shape, self.data_format, dtype=self.dtype_policy, max_size=self.localization_max_size
-        )
+    localization_builder = staticmethod(default_localization_3d)

@@ -9,8 +9,11 @@ running along the depth axis in the same way.
 import keras
 from keras import ops
 
-from keras_stn import _validation as v
+from keras_stn import _checks
+from keras_stn._typing import Size, Tensor
 from keras_stn.ops._backend.xla import computed_once
+
+__all__ = ["affine_grid", "AffineGrid"]
 
 # Finite normalised coordinates are bounded to +-2**100 before they are scaled to pixels, so that
 # none overflows to inf in float32 (and so reads nothing, the rule for non-finite ones): they
@@ -22,42 +25,6 @@ def coordinate_dtype(dtype):
     """Half precision is too coarse for pixel coordinates (a 224-wide image needs ~1/8-pixel
     resolution at its right edge), so coordinates and weights are computed in float32 there."""
     return "float32" if dtype in ("float16", "bfloat16") else dtype
-
-
-def check_theta(theta, name="theta", rows=2):
-    """Returns `theta` as a `(B, rows, rows + 1)` tensor; accepts that shape or `(B, rows*(rows+1))`.
-    A symbolic theta is checked and returned as it is (its output spec is computed from shapes)."""
-    theta = v.as_tensor(theta)
-    cols = rows + 1
-    shape = tuple(theta.shape)
-    flat_ok = len(shape) == 2 and shape[1] == rows * cols
-    matrix_ok = len(shape) == 3 and shape[1:] == (rows, cols)
-    if not (flat_ok or matrix_ok):
-        raise ValueError(
-            f"`{name}` must have shape (batch, {rows}, {cols}) or (batch, {rows * cols}). Got {name} with shape {shape}"
-        )
-    v.check_floating(name, theta)
-    if flat_ok and not v.is_symbolic(theta):
-        theta = ops.reshape(theta, (-1, rows, cols))
-    return theta
-
-
-def theta_ndim(shape):
-    """Spatial dimensionality of an affine theta of this shape: 2 for `(B, 2, 3)`/`(B, 6)`, 3 for
-    `(B, 3, 4)`/`(B, 12)`, `None` for anything else. The four shapes are distinct, so a theta
-    always says which it is."""
-    for rows in (2, 3):
-        cols = rows + 1
-        if (len(shape) == 2 and shape[1] == rows * cols) or (len(shape) == 3 and tuple(shape[1:]) == (rows, cols)):
-            return rows
-    return None
-
-
-def size_ndim(size):
-    """2 or 3 for a `size` of that length (whatever its entries), else `None`."""
-    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) not in (2, 3):
-        return None
-    return len(size)
 
 
 def base_coordinates(size, align_corners, dtype):
@@ -150,7 +117,7 @@ def linear_form(coefficients, *coordinates):
 def affine_grid_unchecked(theta, size, align_corners):
     """`affine_grid` for an already validated `(B, n, n + 1)` theta and a `size` of `n` entries
     (`n` = 2 or 3), which may be tensors."""
-    dtype = v.dtype_name(theta)
+    dtype = _checks.dtype_name(theta)
     work = coordinate_dtype(dtype)
     theta = ops.cast(theta, work)
     ndim = len(size)
@@ -175,7 +142,7 @@ def projective_grid_unchecked(homography, height, width, align_corners):
     "beyond" is fixed by the sign of `H`: with `H[2, 2] = 1`, as in `transforms.Projective`,
     the centre of the output (`w = 1`) is always visible.
     """
-    dtype = v.dtype_name(homography)
+    dtype = _checks.dtype_name(homography)
     work = coordinate_dtype(dtype)
     homography = ops.cast(homography, work)
     xs, ys = pixel_centres((height, width), align_corners, work)
@@ -189,29 +156,7 @@ def projective_grid_unchecked(homography, height, width, align_corners):
     return ops.cast(grid, dtype)
 
 
-THETA_SHAPES = {2: "(batch, 2, 3) or (batch, 6)", 3: "(batch, 3, 4) or (batch, 12)"}
-SIZE_AXES = {2: ("height", "width"), 3: ("depth", "height", "width")}
-
-
-def check_theta_and_size(theta, size):
-    """Validates the `theta` and `size` of `affine_grid`, whose dimensionality they must agree on;
-    returns theta as `(B, n, n + 1)` and size as a tuple of `n` ints."""
-    theta = v.as_tensor(theta)
-    shape = tuple(theta.shape)
-    from_theta, from_size = theta_ndim(shape), size_ndim(size)
-    if None not in (from_theta, from_size) and from_theta != from_size:
-        expected = THETA_SHAPES[from_size]
-        raise ValueError(
-            f"`size` and `theta` must describe the same dimensionality: a {from_size}-D size "
-            f"({', '.join(SIZE_AXES[from_size])}) needs theta of shape {expected}, a {from_theta}-D theta a size "
-            f"({', '.join(SIZE_AXES[from_theta])}). Got size={size!r} and theta with shape {shape}"
-        )
-    ndim = from_theta or from_size or 2
-    theta = check_theta(theta, rows=ndim)
-    return theta, v.check_size("size", size, ndim)
-
-
-def affine_grid(theta, size, align_corners=False):
+def affine_grid(theta: Tensor, size: Size, align_corners: bool = False) -> Tensor:
     """Sampling grid of a batch of 2-D or 3-D affine transforms.
 
     Convention:
@@ -255,10 +200,9 @@ def affine_grid(theta, size, align_corners=False):
         >>> tuple(affine_grid(identity_3d, (2, 3, 4)).shape)
         (1, 2, 3, 4, 3)
     """
-    if v.is_symbolic(theta):  # the operation checks them (`compute_output_spec`)
+    if _checks.is_symbolic(theta):  # the operation checks them (`compute_output_spec`)
         return AffineGrid(size, align_corners)(theta)
-    theta, size = check_theta_and_size(theta, size)
-    v.check_bool("align_corners", align_corners)
+    theta, size = _checks.check_affine_grid(theta, size, align_corners)
     return affine_grid_unchecked(theta, size, align_corners)
 
 
@@ -274,6 +218,5 @@ class AffineGrid(keras.Operation):
         return affine_grid(theta, self.size, self.align_corners)
 
     def compute_output_spec(self, theta):
-        theta, size = check_theta_and_size(theta, self.size)
-        v.check_bool("align_corners", self.align_corners)
+        theta, size = _checks.check_affine_grid(theta, self.size, self.align_corners)
         return keras.KerasTensor((theta.shape[0], *size, len(size)), dtype=theta.dtype)

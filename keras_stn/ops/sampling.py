@@ -5,19 +5,15 @@ import math
 import keras
 from keras import ops
 
-from keras_stn import _validation as v
+from keras_stn import _checks
+from keras_stn._layout import channels_first_axes, channels_last_axes, spatial_shape_of, with_spatial_shape
+from keras_stn._typing import DataFormat, Interpolation, PaddingMode, Size, Tensor
 from keras_stn.ops._backend import torch_kernel as native
 from keras_stn.ops._backend.gather import gather_pixels
 from keras_stn.ops._backend.xla import computed_once
-from keras_stn.ops._layout import LAYOUTS, channels_first_axes, channels_last_axes, spatial_shape_of, with_spatial_shape
-from keras_stn.ops.grid import (
-    COORDINATE_BOUND,
-    THETA_SHAPES,
-    affine_pixel_coordinates,
-    check_theta,
-    coordinate_dtype,
-    theta_ndim,
-)
+from keras_stn.ops.grid import COORDINATE_BOUND, affine_pixel_coordinates, coordinate_dtype
+
+__all__ = ["grid_sample", "affine_sample", "GridSample", "AffineSample"]
 
 # Keys' cubic convolution constant used by PyTorch (and OpenCV) for bicubic sampling.
 CUBIC_A = -0.75
@@ -87,7 +83,7 @@ def cubic_weights(t):
     return [far(t + 1), near(t), near(1 - t), far(2 - t)]
 
 
-def axis_taps(coord, size, interpolation, padding_mode, align_corners):
+def axis_taps(coord, size, options):
     """The pixels one axis reads for each grid point: a list of `(index, weight)` pairs.
 
     `coord` is in pixels (0 is the centre of the first pixel). `index` is an int32 tensor
@@ -95,6 +91,7 @@ def axis_taps(coord, size, interpolation, padding_mode, align_corners):
     a tap that falls outside the image under zero padding gets weight 0 instead. Weights are
     `None` where they are identically 1.
     """
+    interpolation, padding_mode, align_corners = options.interpolation, options.padding_mode, options.align_corners
     if interpolation == "bicubic":
         # As in PyTorch, bicubic pads each integer tap rather than the continuous coordinate.
         start = ops.floor(coord)
@@ -146,30 +143,12 @@ def tap_products(axes, offset, weight):
             yield row, product
 
 
-# The portable sampler indexes each image's pixels with int32 (JAX's default integer type).
-MAX_PIXELS_PER_IMAGE = 2**31
-
-
-def check_pixel_count(images_shape, data_format):
-    """Raises if one image (or volume) of `images_shape` has more pixels than the portable
-    sampler's int32 indices reach; the batch may hold any number (the indices are per image)."""
-    spatial = spatial_shape_of(images_shape, data_format)
-    if None in spatial:
-        return
-    count = math.prod(int(size) for size in spatial)
-    if count > MAX_PIXELS_PER_IMAGE:
-        raise ValueError(
-            f"`images` must have at most 2**31 = {MAX_PIXELS_PER_IMAGE} pixels per image for the portable "
-            "sampler, which indexes them with int32 (PyTorch's kernel, the torch backend's default, has no "
-            f"such limit). Got images with {count} pixels per image, spatial shape {spatial}"
-        )
-
-
-def sample_pixels(images, coordinates, interpolation, padding_mode, align_corners):
+def sample_pixels(images, coordinates, options):
     """The sampler proper: channels-last `(B, *spatial, C)` images (2 or 3 spatial axes) read at
     pixel coordinates `coordinates`, one `(B, *out)` tensor per axis in the working dtype, `x`
-    first (`[px, py]` or `[px, py, pz]`); returns `(B, *out, C)` in the images' dtype."""
-    work = v.dtype_name(coordinates[0])
+    first (`[px, py]` or `[px, py, pz]`), as `options` (a `SamplingOptions`) say; returns
+    `(B, *out, C)` in the images' dtype."""
+    work = _checks.dtype_name(coordinates[0])
     batch, *spatial, channels = ops.shape(images)
     # Non-finite coordinates sample nothing (documented); replacing them first keeps NaN out
     # of the weights and of the gradients of every other grid point.
@@ -178,24 +157,19 @@ def sample_pixels(images, coordinates, interpolation, padding_mode, align_corner
         finite = ops.logical_and(finite, ops.isfinite(coordinate))
     coordinates = [ops.where(finite, c, ops.zeros_like(c)) for c in coordinates]
     finite = ops.cast(finite, work)
-    if interpolation == "nearest":
+    if options.interpolation == "nearest":
         # Nearest has zero gradient with respect to the grid, but as in PyTorch its output is
         # connected to the grid, so that `backward()` from the grid alone works on torch.
         # `0 * c` is exactly 0 here (the coordinates are finite by now).
         for c in coordinates:
             finite = finite + 0 * c
-    # Every tap's gather, weight and (backward) scatter derives from these. TensorFlow's XLA
-    # recomputes them in each of those fusions, which made forward+backward about 3x slower on
-    # the small workload (CPU, `benchmarks/sampler.py`), so there they are materialised once.
-    # JAX's XLA recomputes them cheaply; materialising them measured up to 3x slower there,
-    # partly because JAX's XLA (jaxlib 0.10) hands the sum in `computed_once` to YNNPACK (docs/performance.md).
+    # Every tap's gather, weight and (backward) scatter derives from these: TensorFlow's XLA would
+    # recompute them in each of those fusions, JAX's recomputes them cheaply (measured:
+    # docs/performance.md, "Implementation choices").
     coordinates = [computed_once(c, backends=("tensorflow",)) for c in coordinates]
     finite = computed_once(finite, backends=("tensorflow",))
 
-    taps = [
-        axis_taps(c, ops.cast(size, work), interpolation, padding_mode, align_corners)
-        for c, size in zip(coordinates, reversed(spatial))
-    ]
+    taps = [axis_taps(c, ops.cast(size, work), options) for c, size in zip(coordinates, reversed(spatial))]
 
     # Gathering whole pixels (rows of each image's (H*W, C) view) keeps the index tensors at the
     # size of the grid instead of the size of the output times C. The shape is spelled out, not
@@ -209,68 +183,7 @@ def sample_pixels(images, coordinates, interpolation, padding_mode, align_corner
         values = ops.cast(gather_pixels(pixels, rows), work)
         term = values * ops.expand_dims(weight, -1)
         output = term if output is None else output + term
-    return ops.cast(output, v.dtype_name(images))
-
-
-def check_images(images, data_format):
-    """Validates a batch of images (rank 4) or volumes (rank 5); returns it as a tensor plus its shape."""
-    images = v.as_tensor(images)
-    shape = tuple(images.shape)
-    layouts = LAYOUTS[data_format]
-    if len(shape) not in (4, 5):
-        raise ValueError(
-            f"`images` must be a rank-4 tensor {layouts[2]} or, for volumes, a rank-5 tensor {layouts[3]} "
-            f"for data_format={data_format!r}. Got images with shape {shape}"
-        )
-    v.check_floating("images", images)
-    spatial = spatial_shape_of(shape, data_format)
-    if 0 in spatial:
-        raise ValueError(f"`images` must have at least one pixel to sample from. Got images with shape {shape}")
-    return images, shape
-
-
-def check_volume_interpolation(interpolation, images_shape):
-    """Bicubic sampling is 2-D only (as in PyTorch, whose 5-D grid_sample rejects it too)."""
-    if len(images_shape) == 5 and interpolation == "bicubic":
-        raise ValueError(
-            "`interpolation` must be 'bilinear' (trilinear) or 'nearest' for volumes: bicubic sampling "
-            f"is only defined for 2-D images. Got interpolation='bicubic' with images of shape {images_shape}"
-        )
-
-
-def check_grid(grid, images_shape, data_format):
-    """Validates a grid for images of `images_shape`: rank and last dimension must match theirs."""
-    grid = v.as_tensor(grid)
-    shape = tuple(grid.shape)
-    ndim = len(images_shape) - 2
-    expected = "(B, H_out, W_out, 2)" if ndim == 2 else "(B, D_out, H_out, W_out, 3)"
-    if len(shape) in (4, 5) and len(shape) != ndim + 2:
-        raise ValueError(
-            f"`images` of rank {ndim + 2}, {LAYOUTS[data_format][ndim]}, are sampled at a rank-{ndim + 2} `grid` "
-            f"{expected}: images and volumes need grids of their own rank. "
-            f"Got images with shape {images_shape} and grid with shape {shape}"
-        )
-    v.check_rank("grid", grid, ndim + 2, expected)
-    if shape[-1] != ndim:
-        axes = "(x, y)" if ndim == 2 else "(x, y, z)"
-        raise ValueError(f"`grid` must have a last dimension of {ndim} {axes}. Got grid with shape {shape}")
-    v.check_floating("grid", grid)
-    return grid, shape
-
-
-def check_batch(images_shape, other_name, other_shape):
-    if None not in (images_shape[0], other_shape[0]) and images_shape[0] != other_shape[0]:
-        raise ValueError(
-            f"`images` and `{other_name}` must have the same batch size. "
-            f"Got images with shape {images_shape} and {other_name} with shape {other_shape}"
-        )
-
-
-def check_modes(interpolation, padding_mode, align_corners, data_format):
-    v.check_choice("interpolation", interpolation, v.INTERPOLATIONS)
-    v.check_choice("padding_mode", padding_mode, v.PADDING_MODES)
-    v.check_bool("align_corners", align_corners)
-    return v.standardize_data_format(data_format)
+    return ops.cast(output, _checks.dtype_name(images))
 
 
 def sample_in_layout(images, data_format, sample):
@@ -288,13 +201,13 @@ def spatial_shape(channels_last):
 
 
 def grid_sample(
-    images,
-    grid,
-    interpolation="bilinear",
-    padding_mode="zeros",
-    align_corners=False,
-    data_format=None,
-):
+    images: Tensor,
+    grid: Tensor,
+    interpolation: Interpolation = "bilinear",
+    padding_mode: PaddingMode = "zeros",
+    align_corners: bool = False,
+    data_format: DataFormat | None = None,
+) -> Tensor:
     """Samples `images` (or volumes) at the normalised coordinates of `grid`, differentiably.
 
     Convention:
@@ -364,37 +277,40 @@ def grid_sample(
         >>> bool(np.allclose(keras.ops.convert_to_numpy(out), volumes, atol=1e-6))
         True
     """
-    if v.is_symbolic(images, grid):  # the operation checks them (`compute_output_spec`)
+    if _checks.is_symbolic(images, grid):  # the operation checks them (`compute_output_spec`)
         return GridSample(interpolation, padding_mode, align_corners, data_format)(images, grid)
-    data_format, images, image_shape, grid, _ = check_grid_sample(
-        images, grid, interpolation, padding_mode, align_corners, data_format
-    )
+    return sample_grid(images, grid, _checks.sampling_options(interpolation, padding_mode, align_corners, data_format))
+
+
+def sample_grid(images: Tensor, grid: Tensor, options: _checks.SamplingOptions) -> Tensor:
+    """`grid_sample` with validated `options` (a `SamplingOptions`): checks the tensors, samples."""
+    images, image_shape, grid, _ = _checks.check_grid_sample(images, grid, options)
     if native.enabled(images):
-        work = working_dtype(v.dtype_name(images), v.dtype_name(grid))
-        return native.sample(images, grid, interpolation, padding_mode, align_corners, data_format, work)
-    check_pixel_count(image_shape, data_format)
+        work = working_dtype(_checks.dtype_name(images), _checks.dtype_name(grid))
+        return native.sample(images, grid, options, work)
+    _checks.check_pixel_count(image_shape, options.data_format)
 
     def sample(channels_last):
         spatial = ops.shape(channels_last)[1:-1]
-        work = working_dtype(v.dtype_name(channels_last), v.dtype_name(grid))
+        work = working_dtype(_checks.dtype_name(channels_last), _checks.dtype_name(grid))
         coordinates = [
-            unnormalize(bound_finite(ops.cast(grid[..., k], work)), ops.cast(size, work), align_corners)
+            unnormalize(bound_finite(ops.cast(grid[..., k], work)), ops.cast(size, work), options.align_corners)
             for k, size in enumerate(reversed(spatial))
         ]
-        return sample_pixels(channels_last, coordinates, interpolation, padding_mode, align_corners)
+        return sample_pixels(channels_last, coordinates, options)
 
-    return sample_in_layout(images, data_format, sample)
+    return sample_in_layout(images, options.data_format, sample)
 
 
 def affine_sample(
-    images,
-    theta,
-    size=None,
-    interpolation="bilinear",
-    padding_mode="zeros",
-    align_corners=False,
-    data_format=None,
-):
+    images: Tensor,
+    theta: Tensor,
+    size: Size | None = None,
+    interpolation: Interpolation = "bilinear",
+    padding_mode: PaddingMode = "zeros",
+    align_corners: bool = False,
+    data_format: DataFormat | None = None,
+) -> Tensor:
     """Warps `images` (or volumes) by affine `theta`: `grid_sample(images, affine_grid(theta, size))`, fused.
 
     Convention:
@@ -441,65 +357,33 @@ def affine_sample(
         >>> tuple(affine_sample(volumes, zoom_in, (2, 4, 4)).shape)  # the central half of each axis
         (2, 2, 4, 4, 1)
     """
-    if v.is_symbolic(images, theta):  # the operation checks them (`compute_output_spec`)
+    if _checks.is_symbolic(images, theta):  # the operation checks them (`compute_output_spec`)
         return AffineSample(size, interpolation, padding_mode, align_corners, data_format)(images, theta)
-    data_format, images, _, theta, _, size = check_affine_sample(
-        images, theta, size, interpolation, padding_mode, align_corners, data_format
-    )
-    return affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format)
+    options = _checks.sampling_options(interpolation, padding_mode, align_corners, data_format)
+    images, _, theta, _, size = _checks.check_affine_sample(images, theta, size, options)
+    return affine_sample_unchecked(images, theta, size, options)
 
 
-def check_grid_sample(images, grid, interpolation, padding_mode, align_corners, data_format):
-    """Validates `grid_sample`'s arguments, eager or symbolic; returns the data format, images,
-    their shape, grid and its shape."""
-    data_format = check_modes(interpolation, padding_mode, align_corners, data_format)
-    images, image_shape = check_images(images, data_format)
-    check_volume_interpolation(interpolation, image_shape)
-    grid, grid_shape = check_grid(grid, image_shape, data_format)
-    check_batch(image_shape, "grid", grid_shape)
-    return data_format, images, image_shape, grid, grid_shape
-
-
-def check_affine_sample(images, theta, size, interpolation, padding_mode, align_corners, data_format):
-    """Validates `affine_sample`'s arguments, eager or symbolic; returns the data format, images,
-    their shape, theta (`(B, n, n + 1)` when eager), its shape as given, and the size."""
-    data_format = check_modes(interpolation, padding_mode, align_corners, data_format)
-    images, image_shape = check_images(images, data_format)
-    check_volume_interpolation(interpolation, image_shape)
-    ndim = len(image_shape) - 2
-    theta = v.as_tensor(theta)
-    theta_shape = tuple(theta.shape)
-    if theta_ndim(theta_shape) not in (None, ndim):
-        raise ValueError(
-            f"`theta` must have shape {THETA_SHAPES[ndim]} for images of rank {ndim + 2}, "
-            f"{LAYOUTS[data_format][ndim]}: a {ndim}-D warp. Got theta with shape {theta_shape} "
-            f"and images with shape {image_shape}"
-        )
-    theta = check_theta(theta, rows=ndim)
-    check_batch(image_shape, "theta", theta_shape)
-    if size is not None:
-        size = v.check_size("size", size, ndim)
-    return data_format, images, image_shape, theta, theta_shape, size
-
-
-def affine_sample_unchecked(images, theta, size, interpolation, padding_mode, align_corners, data_format):
+def affine_sample_unchecked(
+    images: Tensor, theta: Tensor, size: tuple | None, options: _checks.SamplingOptions
+) -> Tensor:
     """`affine_sample` on validated arguments; `size` entries may be tensors, `None` = input's."""
     # Bounded like grid coordinates, so that a huge finite theta cannot overflow the pixel
     # coordinates to inf (which would read nothing instead of the padding).
     theta = bound_finite(theta)
     if native.enabled(images):
-        work = working_dtype(v.dtype_name(images), v.dtype_name(theta))
-        return native.affine_sample(images, theta, size, interpolation, padding_mode, align_corners, data_format, work)
-    check_pixel_count(tuple(images.shape), data_format)
+        work = working_dtype(_checks.dtype_name(images), _checks.dtype_name(theta))
+        return native.affine_sample(images, theta, size, options, work)
+    _checks.check_pixel_count(tuple(images.shape), options.data_format)
 
     def sample(channels_last):
         in_size = spatial_shape(channels_last)
         out_size = in_size if size is None else size
-        work = working_dtype(v.dtype_name(channels_last), v.dtype_name(theta))
-        coordinates = affine_pixel_coordinates(theta, in_size, out_size, align_corners, work)
-        return sample_pixels(channels_last, coordinates, interpolation, padding_mode, align_corners)
+        work = working_dtype(_checks.dtype_name(channels_last), _checks.dtype_name(theta))
+        coordinates = affine_pixel_coordinates(theta, in_size, out_size, options.align_corners, work)
+        return sample_pixels(channels_last, coordinates, options)
 
-    return sample_in_layout(images, data_format, sample)
+    return sample_in_layout(images, options.data_format, sample)
 
 
 def output_spec(images_shape, other_shape, out_spatial, data_format, dtype):
@@ -517,16 +401,14 @@ class GridSample(keras.Operation):
         self, interpolation="bilinear", padding_mode="zeros", align_corners=False, data_format=None, name=None
     ):
         super().__init__(name=name)
-        self.interpolation, self.padding_mode, self.align_corners = interpolation, padding_mode, align_corners
-        self.data_format = v.standardize_data_format(data_format)
+        self.options = _checks.sampling_options(interpolation, padding_mode, align_corners, data_format)
 
     def call(self, images, grid):
-        return grid_sample(images, grid, self.interpolation, self.padding_mode, self.align_corners, self.data_format)
+        return sample_grid(images, grid, self.options)
 
     def compute_output_spec(self, images, grid):
-        options = (self.interpolation, self.padding_mode, self.align_corners, self.data_format)
-        _, images, image_shape, _, grid_shape = check_grid_sample(images, grid, *options)
-        return output_spec(image_shape, grid_shape, grid_shape[1:-1], self.data_format, images.dtype)
+        images, image_shape, _, grid_shape = _checks.check_grid_sample(images, grid, self.options)
+        return output_spec(image_shape, grid_shape, grid_shape[1:-1], self.options.data_format, images.dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_stn")
@@ -544,15 +426,14 @@ class AffineSample(keras.Operation):
     ):
         super().__init__(name=name)
         self.size = None if size is None else tuple(size)
-        self.interpolation, self.padding_mode, self.align_corners = interpolation, padding_mode, align_corners
-        self.data_format = v.standardize_data_format(data_format)
+        self.options = _checks.sampling_options(interpolation, padding_mode, align_corners, data_format)
 
     def call(self, images, theta):
-        options = (self.interpolation, self.padding_mode, self.align_corners, self.data_format)
-        return affine_sample(images, theta, self.size, *options)
+        images, _, theta, _, size = _checks.check_affine_sample(images, theta, self.size, self.options)
+        return affine_sample_unchecked(images, theta, size, self.options)
 
     def compute_output_spec(self, images, theta):
-        options = (self.interpolation, self.padding_mode, self.align_corners, self.data_format)
-        _, images, image_shape, _, theta_shape, size = check_affine_sample(images, theta, self.size, *options)
-        out_spatial = spatial_shape_of(image_shape, self.data_format) if size is None else size
-        return output_spec(image_shape, theta_shape, out_spatial, self.data_format, images.dtype)
+        images, image_shape, _, theta_shape, size = _checks.check_affine_sample(images, theta, self.size, self.options)
+        data_format = self.options.data_format
+        out_spatial = spatial_shape_of(image_shape, data_format) if size is None else size
+        return output_spec(image_shape, theta_shape, out_spatial, data_format, images.dtype)

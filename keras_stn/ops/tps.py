@@ -1,14 +1,16 @@
 """Thin-plate-spline sampling grids: a smooth warp through a lattice of displaced control points."""
 
 import functools
-import math
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_stn import _validation as v
+from keras_stn import _checks
+from keras_stn._typing import Size2D, Tensor
 from keras_stn.ops.grid import coordinate_dtype, linear_form, pixel_centres
+
+__all__ = ["tps_grid", "TpsGrid"]
 
 
 def radial_basis(squared_distance, xp):
@@ -69,7 +71,7 @@ if keras.config.backend() == "torch":
     def constant_tps_solver(grid_size):
         return tps_solver(grid_size)
 
-    TORCH_SOLVERS = {}
+    TORCH_SOLVERS: dict = {}
 
     def torch_solver_tensors(grid_size, dtype, device):
         key = (grid_size, dtype, str(device))
@@ -82,7 +84,7 @@ if keras.config.backend() == "torch":
 
 def tps_grid_unchecked(offsets, grid_size, height, width, align_corners):
     """`tps_grid` for validated `(B, grid_size**2, 2)` offsets; sizes may be tensors."""
-    dtype = v.dtype_name(offsets)
+    dtype = _checks.dtype_name(offsets)
     work = coordinate_dtype(dtype)
     offsets = ops.cast(offsets, work)
     controls, solver = solver_tensors(grid_size, work, offsets)
@@ -103,35 +105,7 @@ def tps_grid_unchecked(offsets, grid_size, height, width, align_corners):
     return ops.cast(grid, dtype)
 
 
-def check_offsets(offsets, grid_size):
-    """Returns `offsets` as a `(B, K*K, 2)` tensor and the lattice size `K` (inferred if None); a
-    symbolic `offsets` is checked and returned as it is."""
-    offsets = v.as_tensor(offsets)
-    shape = tuple(offsets.shape)
-    inferred = None
-    if len(shape) == 2 and shape[1] is not None:
-        side = math.isqrt(shape[1] // 2)
-        inferred = side if shape[1] == 2 * side * side else None
-    elif len(shape) == 4 and shape[1] == shape[2] and shape[3] == 2:
-        inferred = shape[1]
-    if grid_size is None:
-        if inferred is None or inferred < 2:
-            raise ValueError(
-                "`offsets` must have shape (batch, 2 * K * K) or (batch, K, K, 2) for a lattice of "
-                f"K >= 2 control points per side (e.g. (batch, 18) for K = 3). Got offsets with shape {shape}"
-            )
-    elif inferred != grid_size:
-        raise ValueError(
-            f"`offsets` must have shape (batch, {2 * grid_size**2}) or (batch, {grid_size}, {grid_size}, 2) "
-            f"for grid_size={grid_size}. Got offsets with shape {shape}"
-        )
-    v.check_floating("offsets", offsets)
-    if v.is_symbolic(offsets):
-        return offsets, inferred
-    return ops.reshape(offsets, (-1, inferred * inferred, 2)), inferred
-
-
-def tps_grid(offsets, size, grid_size=None, align_corners=False):
+def tps_grid(offsets: Tensor, size: Size2D, grid_size: int | None = None, align_corners: bool = False) -> Tensor:
     """Sampling grid of a batch of thin-plate-spline warps.
 
     Convention:
@@ -172,21 +146,10 @@ def tps_grid(offsets, size, grid_size=None, align_corners=False):
         >>> tuple(tps_grid(offsets, (28, 28)).shape)
         (1, 28, 28, 2)
     """
-    if v.is_symbolic(offsets):  # the operation checks them (`compute_output_spec`)
+    if _checks.is_symbolic(offsets):  # the operation checks them (`compute_output_spec`)
         return TpsGrid(size, grid_size, align_corners)(offsets)
-    offsets, grid_size, height, width = check_tps_grid(offsets, size, grid_size, align_corners)
+    offsets, grid_size, height, width = _checks.check_tps_grid(offsets, size, grid_size, align_corners)
     return tps_grid_unchecked(offsets, grid_size, height, width, align_corners)
-
-
-def check_tps_grid(offsets, size, grid_size, align_corners):
-    """Validates `tps_grid`'s arguments, eager or symbolic; returns the offsets, the lattice size
-    `K` and the output height and width."""
-    if grid_size is not None:
-        grid_size = v.check_integer("grid_size", grid_size, minimum=2)
-    offsets, grid_size = check_offsets(offsets, grid_size)
-    height, width = v.check_size("size", size)
-    v.check_bool("align_corners", align_corners)
-    return offsets, grid_size, height, width
 
 
 @keras.saving.register_keras_serializable(package="keras_stn")
@@ -201,5 +164,5 @@ class TpsGrid(keras.Operation):
         return tps_grid(offsets, self.size, self.grid_size, self.align_corners)
 
     def compute_output_spec(self, offsets):
-        offsets, _, height, width = check_tps_grid(offsets, self.size, self.grid_size, self.align_corners)
+        offsets, _, height, width = _checks.check_tps_grid(offsets, self.size, self.grid_size, self.align_corners)
         return keras.KerasTensor((offsets.shape[0], height, width, 2), dtype=offsets.dtype)

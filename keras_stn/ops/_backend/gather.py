@@ -14,8 +14,8 @@ def gather_pixels(pixels, rows):
     every device gathers locally (one global `(B*V, C)` table with global indices made XLA's
     partitioner all-gather the whole batch and all-reduce its gradient), and no index grows with
     the batch. Under JAX the gather is vmapped per image, in `take`'s "clip" mode: the rows are
-    in range already, and the default "fill" mode's bounds handling measured up to 4x slower
-    forward on CPU (`benchmarks/sampler.py`).
+    in range already, which the default "fill" mode would check again (measured:
+    docs/performance.md, "Implementation choices").
     """
     backend = keras.config.backend()
     if backend == "jax":
@@ -26,9 +26,8 @@ def gather_pixels(pixels, rows):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        # As fast as gathering from the flattened batch under TensorFlow's XLA (interleaved in one
-        # process, CPU, forward+backward: large 29.0 vs 28.8 ms, channels 41.8 vs 42.4 ms);
-        # `keras.ops.take_along_axis` would broadcast the indices over the channels here.
+        # Per image, as fast as from the flattened batch (docs/performance.md, "Implementation
+        # choices"); `keras.ops.take_along_axis` would broadcast the indices over the channels here.
         return tf.gather(pixels, rows, axis=1, batch_dims=1)
     batch, *out = ops.shape(rows)
     flat = ops.reshape(rows, (batch, math.prod(out), 1))

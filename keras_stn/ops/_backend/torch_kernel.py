@@ -31,7 +31,7 @@ import threading
 
 import keras
 
-from keras_stn.ops._layout import channels_first_axes, channels_last_axes, spatial_shape_of
+from keras_stn._layout import channels_first_axes, channels_last_axes, spatial_shape_of
 from keras_stn.ops.grid import COORDINATE_BOUND, affine_grid_unchecked
 
 ENVIRONMENT_VARIABLE = "KERAS_STN_NATIVE"
@@ -82,8 +82,9 @@ def from_channels_first(output, data_format):
     return output.permute(channels_last_axes(output.dim()))
 
 
-def sample(images, grid, interpolation, padding_mode, align_corners, data_format, work):
-    """`torch.nn.functional.grid_sample` on validated torch tensors, under the library's rules.
+def sample(images, grid, options, work):
+    """`torch.nn.functional.grid_sample` on validated torch tensors, under the library's rules,
+    with the validated `options` (a `SamplingOptions`).
 
     `work` is the dtype coordinates and weights are computed in (see `sampling.working_dtype`);
     images and grid are cast to it and the result back to the images' dtype. The rules are
@@ -93,23 +94,24 @@ def sample(images, grid, interpolation, padding_mode, align_corners, data_format
     bound = COORDINATE_BOUND
     dtype = getattr(torch, work)
     grid = grid.to(dtype)
-    source = to_channels_first(images, data_format).to(dtype)
-    if padding_mode == "zeros":
+    source = to_channels_first(images, options.data_format).to(dtype)
+    kernel = dict(mode=options.interpolation, padding_mode=options.padding_mode, align_corners=options.align_corners)
+    if options.padding_mode == "zeros":
         # Far outside, zero padding reads 0 with zero gradient: there non-finite coordinates
         # can simply be moved (`nan_to_num` passes no gradient to them) and nothing is masked.
         safe = torch.nan_to_num(grid, nan=bound, posinf=bound, neginf=-bound).clamp(-bound, bound)
-        output = F.grid_sample(source, safe, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
+        output = F.grid_sample(source, safe, **kernel)
     else:
         # Border and reflection padding read the image from anywhere, so the points with a
         # non-finite coordinate are zeroed after sampling (at a finite stand-in position).
         finite = torch.isfinite(grid).all(dim=-1)
         safe = torch.where(finite.unsqueeze(-1), grid.clamp(-bound, bound), 0.0)
-        output = F.grid_sample(source, safe, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
+        output = F.grid_sample(source, safe, **kernel)
         output = torch.where(finite.unsqueeze(1), output, 0.0)
-    return from_channels_first(output, data_format).to(images.dtype)
+    return from_channels_first(output, options.data_format).to(images.dtype)
 
 
-def affine_sample(images, theta, size, interpolation, padding_mode, align_corners, data_format, work):
+def affine_sample(images, theta, size, options, work):
     """`grid_sample(images, affine_grid(theta, size))` with PyTorch's own kernels; `size` is
     the output's spatial size (`None`: the input's), `theta` a validated `(B, n, n + 1)` tensor
     whose finite entries are bounded (`sampling.bound_finite`).
@@ -122,6 +124,7 @@ def affine_sample(images, theta, size, interpolation, padding_mode, align_corner
     its theta is swapped for a translation far outside the image, which reads 0 with zero
     gradients under zero padding, and under border or reflection padding its output is zeroed.
     """
+    align_corners, data_format = options.align_corners, options.data_format
     dtype = getattr(torch, work)
     theta = theta.to(dtype)
     in_size = spatial_shape_of(images.shape, data_format)
@@ -138,10 +141,12 @@ def affine_sample(images, theta, size, interpolation, padding_mode, align_corner
         grid = affine_grid_unchecked(theta, size, align_corners)
     else:
         # The grid does not depend on the channels; affine_grid rejects a size with none.
-        grid = F.affine_grid(theta, (batch, 1, *size), align_corners=align_corners)
+        grid = F.affine_grid(theta, [batch, 1, *size], align_corners=align_corners)
     source = to_channels_first(images, data_format).to(dtype)
-    output = F.grid_sample(source, grid, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners)
-    if padding_mode != "zeros":
+    output = F.grid_sample(
+        source, grid, mode=options.interpolation, padding_mode=options.padding_mode, align_corners=align_corners
+    )
+    if options.padding_mode != "zeros":
         output = torch.where(finite.view(-1, *([1] * (output.dim() - 1))), output, 0.0)
     if size == in_size:
         # PyTorch's kernel reads an identity warp's pixels at coordinates a rounding away from

@@ -10,8 +10,7 @@ def computed_once(x, backends=("jax", "tensorflow")):
     XLA fuses cheap elementwise producers into each of their consumers. The sampler has many
     consumers of the same coordinates (every tap's gather, every scatter of the backward
     pass), so each recomputes them, and the per-image affine coefficients, for every output
-    pixel; recomputing the coefficients (with the bound on theta) measured up to 3x slower
-    forward+backward on CPU (`benchmarks/sampler.py`). XLA does not fuse a reduction into its
+    pixel (what that costs: docs/performance.md, "Implementation choices"). XLA does not fuse a reduction into its
     consumers, so a sum with zeros (exact: `x + 0 == x`, up to the sign of a zero) is computed
     once and read by all of them. Elsewhere (eager torch) `x` is returned as it is.
     """
