@@ -1,9 +1,15 @@
-"""Pure-NumPy reference of PyTorch's affine_grid / grid_sample semantics (channels-last), for
-images and (bilinear and nearest only) volumes.
+"""The tests' two references for `affine_grid` / `grid_sample`, channels-last, for images and
+volumes.
 
-Written independently of keras_stn, in float64, one tap at a time, for the tests to compare
-against. Non-finite grid points follow keras_stn's documented rule: they produce 0.
+- A pure-NumPy reference of PyTorch's semantics (bilinear, nearest and, for images, bicubic),
+  written independently of keras_stn, in float64, one tap at a time. Non-finite grid points
+  follow keras_stn's documented rule: they produce 0. `affine_grid_ref` and `grid_sample_ref`
+  take images or volumes alike.
+- PyTorch's own `affine_grid` / `grid_sample` and their autograd gradients, through the one
+  helper `torch_reference`.
 """
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +28,9 @@ def _homogeneous_points(size, align_corners):
 
 
 def affine_grid_ref(theta, size, align_corners=False):
+    """`(B, *size, rank)` grid of `(B, rank, rank + 1)` thetas; `size` is `(H, W)` or `(D, H, W)`."""
+    if len(size) == 3:
+        return affine_grid_3d_ref(theta, size, align_corners)
     theta = np.asarray(theta)
     points = _homogeneous_points(size, align_corners)
     grid = np.einsum("hwk,bjk->bhwj", points, theta.astype(np.float64))
@@ -107,6 +116,10 @@ def _cubic(t):
 
 
 def grid_sample_ref(images, grid, interpolation="bilinear", padding_mode="zeros", align_corners=False):
+    """Sampling of `(B, H, W, C)` images at a `(B, Ho, Wo, 2)` grid, or of `(B, D, H, W, C)`
+    volumes at a `(B, Do, Ho, Wo, 3)` grid (`grid_sample_3d_ref`), float64."""
+    if np.ndim(images) == 5:
+        return grid_sample_3d_ref(images, grid, interpolation, padding_mode, align_corners)
     images = np.asarray(images, np.float64)
     grid = np.asarray(grid, np.float64)
     batch, height, width, channels = images.shape
@@ -179,3 +192,80 @@ def grid_sample_3d_ref(volumes, grid, interpolation="bilinear", padding_mode="ze
                 for dx, wx in ((0, 1 - fx), (1, fx)):
                     out += (wx * wy * wz)[..., None] * _read_3d(volumes, b, z0 + dz, y0 + dy, x0 + dx)
     return out * finite[..., None]
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch
+# --------------------------------------------------------------------------------------------
+
+
+class TorchResult(NamedTuple):
+    """What `torch_reference` computed, as NumPy; `None` where it was not asked for."""
+
+    output: np.ndarray | None  # the sampled images, in the layout of the inputs
+    grid: np.ndarray  # the sampling grid (the given one, or `affine_grid` of theta)
+    d_images: np.ndarray | None  # gradients of `sum(output * weights)`
+    d_grid: np.ndarray | None
+    d_theta: np.ndarray | None
+
+
+def torch_reference(
+    images=None,
+    grid=None,
+    interpolation="bilinear",
+    padding_mode="zeros",
+    align_corners=False,
+    *,
+    theta=None,
+    size=None,
+    weights=None,
+    data_format="channels_last",
+):
+    """PyTorch's `grid_sample` of `images` (`(B, H, W, C)` images or `(B, D, H, W, C)` volumes,
+    channels-first with `data_format="channels_first"`) at `grid`, or at `affine_grid(theta)` of
+    `size` (by default the input's spatial size); theta is `(B, 2, 3)` / `(B, 6)` for images,
+    `(B, 3, 4)` / `(B, 12)` for volumes. Without `images`, only the grid. With `weights` (in the
+    output's layout), also the gradients of `sum(output * weights)` with respect to the images
+    and to the grid or theta (`d_theta` with theta's shape as given). The arrays are used in
+    their own dtype, on the CPU; skips the test where PyTorch is not installed."""
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+    if (grid is None) == (theta is None):
+        raise ValueError("torch_reference: pass exactly one of `grid` and `theta`")
+    channels_last = data_format == "channels_last"
+
+    def to_torch(array):
+        array = np.asarray(array)
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 1) if channels_last else array))
+
+    def from_torch(tensor):
+        array = tensor.detach().numpy()
+        return np.moveaxis(array, 1, -1) if channels_last else array
+
+    gradients = weights is not None
+    images_t = None if images is None else to_torch(images).requires_grad_(gradients)
+    if theta is not None:
+        theta = np.asarray(theta)
+        if size is None:
+            size = images_t.shape[2:]
+        rank = len(size)
+        theta_t = torch.from_numpy(np.ascontiguousarray(theta.reshape(-1, rank, rank + 1))).requires_grad_(gradients)
+        channels = 1 if images_t is None else images_t.shape[1]
+        grid_t = functional.affine_grid(theta_t, (theta_t.shape[0], channels, *size), align_corners=align_corners)
+        source = theta_t
+    else:
+        grid_t = source = torch.from_numpy(np.ascontiguousarray(grid)).requires_grad_(gradients)
+    if images_t is None:
+        return TorchResult(None, grid_t.detach().numpy(), None, None, None)
+    out = functional.grid_sample(
+        images_t, grid_t, mode=interpolation, padding_mode=padding_mode, align_corners=align_corners
+    )
+    output = from_torch(out)
+    if not gradients:
+        return TorchResult(output, grid_t.detach().numpy(), None, None, None)
+    d_images, d_source = torch.autograd.grad((out * to_torch(weights)).sum(), (images_t, source))
+    d_source = d_source.numpy()
+    d_grid, d_theta = (None, d_source.reshape(theta.shape)) if theta is not None else (d_source, None)
+    return TorchResult(output, grid_t.detach().numpy(), from_torch(d_images), d_grid, d_theta)

@@ -190,7 +190,8 @@ def test_affine_sample_matches_reference(geometry, interpolation, padding_mode, 
 )
 def test_samplers_match_reference_float64(geometry, op, interpolation, padding_mode, align_corners, seed):
     """float64 inputs are sampled in float64: the reference's numbers to ~1e-12. (The exact
-    float64 identity is in test_ops, at one shape: here it would compile more shapes under JAX.)"""
+    float64 identity is in test_affine_sample.py, at one shape: here it would compile more
+    shapes under JAX.)"""
     rng = np.random.default_rng(seed)
     batch, in_size, channels, out_size = geometry
     images = rng.uniform(-1, 1, (batch, *in_size, channels))

@@ -1,14 +1,15 @@
 """The public ops on symbolic inputs: each one builds a functional model on `keras.Input` (with
 a dynamic batch), which predicts what the eager call returns, reports its output shape and
 dtype before it runs, rejects bad inputs at construction with the eager call's message, and
-saves and loads."""
+saves and loads; a layer calling the ops inside a functional model with a dynamic batch."""
 
 import keras
 import numpy as np
 import pytest
 
 import keras_stn
-from helpers import to_numpy
+from helpers import DOWN, IN_SIZE, random_grid, random_images, to_numpy
+from helpers import random_theta as random_kink_free_theta
 from keras_stn.ops import affine_grid, affine_sample, grid_sample, tps_grid
 
 IMAGES = (9, 8, 2)
@@ -154,3 +155,44 @@ def test_a_static_batch_is_kept_and_known_from_either_input():
 def test_bad_symbolic_inputs_raise_the_eager_message_at_construction(build, error, message):
     with pytest.raises(error, match=message):
         build()
+
+
+# --------------------------------------------------------------------------------------------
+# A layer calling the ops
+# --------------------------------------------------------------------------------------------
+
+
+class AffineWarp(keras.layers.Layer):
+    """Test-only layer: warps images by a theta input and samples them at a grid input."""
+
+    def __init__(self, size, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+
+    def call(self, images, theta, grid):
+        warped = affine_sample(images, theta, self.size, "bilinear", "border", False)
+        sampled = grid_sample(images, grid, "nearest", "zeros", True)
+        return warped, sampled
+
+
+def test_functional_model_with_dynamic_batch(rng):
+    images_in = keras.Input((*IN_SIZE, 2))
+    theta_in = keras.Input((6,))
+    grid_in = keras.Input((*DOWN, 2))
+    warped, sampled = AffineWarp((4, 5))(images_in, theta_in, grid_in)
+    assert tuple(warped.shape) == (None, 4, 5, 2)
+    assert tuple(sampled.shape) == (None, *DOWN, 2)
+    model = keras.Model([images_in, theta_in, grid_in], [warped, sampled])
+    for batch in (1, 3):
+        images = random_images(rng, (batch, *IN_SIZE, 2))
+        grid = random_grid(rng, batch, DOWN, IN_SIZE, False, margin=0.01)
+        theta = random_kink_free_theta(rng, batch, IN_SIZE, IN_SIZE, True, margin=1e-3).reshape(batch, 6)
+        got = model.predict([images, theta, grid], batch_size=batch, verbose=0)
+        expected = (
+            affine_sample(images, theta, (4, 5), "bilinear", "border", False),
+            grid_sample(images, grid, "nearest", "zeros", True),
+        )
+        assert got[0].shape == (batch, 4, 5, 2)
+        assert len(got) == len(expected)
+        for result, want in zip(got, expected):
+            np.testing.assert_allclose(to_numpy(result), to_numpy(want), rtol=1e-5, atol=1e-5)

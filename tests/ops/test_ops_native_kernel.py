@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import keras_stn
-from helpers import BACKEND, random_theta, to_numpy, value_and_grad
+from helpers import BACKEND, all_ranks_and_modes, random_theta, to_numpy, value_and_grad
 from keras_stn.ops import affine_grid, affine_sample, grid_sample
 from keras_stn.ops._backend import torch_kernel as native
 
@@ -126,13 +126,17 @@ def test_native_grid_sample_matches_portable(interpolation, padding_mode, align_
     assert_same(*both_samplers(loss, images, grid))
 
 
+# Input and output sizes (the output larger along some axes) per spatial rank.
+AFFINE_SIZES = {2: ((6, 5), (4, 7)), 3: ((3, 4, 5), (4, 3, 6))}
+
+
 @torch_only
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("padding_mode", PADDINGS)
-@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
-def test_native_affine_sample_matches_portable(interpolation, padding_mode, align_corners, rng):
+@all_ranks_and_modes
+def test_native_affine_sample_matches_portable(rank, interpolation, padding_mode, align_corners, rng):
     """Through theta as well: PyTorch's affine_grid against the portable pixel arithmetic."""
-    in_size, out_size = (6, 5), (4, 7)
+    in_size, out_size = AFFINE_SIZES[rank]
     theta = random_theta(rng, 3, in_size, out_size, align_corners, margin=1e-3, dtype="float64", scale=0.5)
     images = rng.random((3, *in_size, 2))
     weights = tensor(rng.normal(size=(3, *out_size, 2)))
@@ -142,20 +146,6 @@ def test_native_affine_sample_matches_portable(interpolation, padding_mode, alig
         return keras.ops.sum(out * weights)
 
     assert_same(*both_samplers(loss, images, theta), rtol=1e-7, atol=1e-9)
-
-
-@torch_only
-@pytest.mark.parametrize("padding_mode", PADDINGS)
-@pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
-def test_native_volumes_match_portable(interpolation, padding_mode, rng):
-    theta = np.tile(np.eye(3, 4), (2, 1, 1)) + rng.uniform(-0.3, 0.3, (2, 3, 4))
-    volumes = rng.random((2, 3, 4, 5, 2))
-    weights = tensor(rng.normal(size=(2, 4, 3, 6, 2)))
-
-    def loss(volumes, theta):
-        return keras.ops.sum(affine_sample(volumes, theta, (4, 3, 6), interpolation, padding_mode) * weights)
-
-    assert_same(*both_samplers(loss, volumes, theta), rtol=1e-7, atol=1e-9)
 
 
 @torch_only
@@ -278,63 +268,6 @@ def test_native_identity_is_exact_with_the_kernels_gradient(channels_first, rng)
     np.testing.assert_allclose(images_n, images_p, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(theta_n[2, 0], theta_p[2, 0], rtol=1e-4, atol=1e-4)  # its y: still on kinks
     assert np.all(np.isfinite(theta_n))
-
-
-def dynamo_graph_breaks(fn, *args):
-    import torch
-
-    torch._dynamo.reset()
-    explanation = torch._dynamo.explain(fn)(*args)
-    return explanation.graph_break_count, [str(reason.reason).splitlines()[0] for reason in explanation.break_reasons]
-
-
-@torch_only
-@pytest.mark.parametrize("padding_mode", PADDINGS)
-def test_no_graph_breaks_and_no_host_reads_in_the_ops(padding_mode, rng):
-    """The library's rules are tensor operations: no value read back (`.item()`, `bool()`)
-    and no warnings filter, which `torch._dynamo` would each count as a graph break (before:
-    4 in `affine_sample`)."""
-    import torch
-
-    images = torch.tensor(rng.random((2, 6, 6, 2)).astype("float32"), requires_grad=True)
-    theta = torch.tensor(random_theta(rng, 2, (6, 6), (6, 6), False), requires_grad=True)
-
-    def ops(images, theta):
-        fused = affine_sample(images, theta, None, "bilinear", padding_mode)
-        unit = affine_sample(images, theta, (1, 4), "bicubic", padding_mode, align_corners=True)
-        grid = grid_sample(images, affine_grid(theta, (5, 4)), "nearest", padding_mode)
-        return fused.sum() + unit.sum() + grid.sum()
-
-    assert dynamo_graph_breaks(ops, images, theta) == (0, [])
-
-
-@torch_only
-@pytest.mark.parametrize("transform", ["affine", "tps"])
-def test_a_model_with_the_layer_compiles_in_one_graph(transform, rng):
-    """`torch.compile(fullgraph=True)` of a model containing the layer (before: "Attempted to
-    call function marked as skipped") computes the eager forward and backward."""
-    import torch
-
-    inputs = keras.Input((8, 8, 2))
-    layer = keras_stn.SpatialTransformer((8, 8), transform=transform, padding_mode="border")
-    model = keras.Model(inputs, layer(inputs))
-    # A head that warps, so that the gradients are not those of the identity alone.
-    kernel, bias = layer.head.get_weights()
-    layer.head.set_weights([rng.normal(scale=0.01, size=kernel.shape).astype("float32"), bias])
-    images = torch.tensor(rng.random((3, 8, 8, 2)).astype("float32"))
-    assert dynamo_graph_breaks(lambda x: model(x).sum(), images) == (0, [])
-
-    def forward_backward(run):
-        x = images.clone().requires_grad_()
-        out = run(x)
-        weights = [w.value for w in model.trainable_weights]
-        grads = torch.autograd.grad((out * out).sum(), [x, *weights])
-        return [t.detach().numpy() for t in (out, *grads)]
-
-    torch._dynamo.reset()
-    compiled = torch.compile(lambda x: model(x), fullgraph=True)
-    for got, want in zip(forward_backward(compiled), forward_backward(model)):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)  # reductions in another order
 
 
 @torch_only
