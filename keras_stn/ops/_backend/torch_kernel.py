@@ -19,10 +19,10 @@ sampler without a graph break and a CUDA forward never waits for the device.
 
 This is the one dispatch point: set the environment variable `KERAS_STN_NATIVE=0` to use the
 portable sampler on the torch backend too (it is read at each call; `switched(False)` does the
-same for a block of code in one thread). The two agree to float rounding (`tests/test_native.py`). An exact
-identity theta returns the images bit for bit on both; other warps that the portable sampler
-computes exactly (quarter turns, whole-pixel crops) are exact to rounding, about 1e-7 of the
-values, on the native one.
+same for a block of code in one thread). The two agree to float rounding
+(`tests/ops/test_ops_native_kernel.py`). An exact identity theta returns the images bit for
+bit on both; other warps that the portable sampler computes exactly (quarter turns, whole-pixel
+crops) are exact to rounding, about 1e-7 of the values, on the native one.
 """
 
 import contextlib
