@@ -201,6 +201,7 @@ def test_torch_distributed_data_parallel_step_equals_single_device_step(tmp_path
     worker = tmp_path / "ddp_worker.py"
     worker.write_text(
         textwrap.dedent(COMMON)
+        + f"\nTIMEOUT_S = {TIMEOUT - 90}\n"
         + textwrap.dedent(
             """
             import datetime, socket
@@ -208,6 +209,9 @@ def test_torch_distributed_data_parallel_step_equals_single_device_step(tmp_path
             import torch.distributed as dist
 
             def train_half(rank, world, port, out):
+                # A process that hangs prints where, and exits, before the parent stops waiting.
+                import faulthandler, sys
+                faulthandler.dump_traceback_later(TIMEOUT_S, exit=True, file=sys.stderr)
                 dist.init_process_group(
                     "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                     timeout=datetime.timedelta(seconds=60),
