@@ -204,7 +204,7 @@ def test_torch_distributed_data_parallel_step_equals_single_device_step(tmp_path
         + f"\nTIMEOUT_S = {TIMEOUT - 90}\n"
         + textwrap.dedent(
             """
-            import datetime, socket
+            import datetime, gc, socket
             import torch
             import torch.distributed as dist
 
@@ -229,6 +229,10 @@ def test_torch_distributed_data_parallel_step_equals_single_device_step(tmp_path
                     loss.backward()
                     optimizer.step()
                     np.savez(out, *[keras.ops.convert_to_numpy(w) for w in model.weights])
+                    # DDP's reducer must go before its process group: destroyed after it (at the
+                    # function's return) it could hang the process in C++ teardown.
+                    del ddp, loss
+                    gc.collect()
                 finally:
                     dist.destroy_process_group()
             """
