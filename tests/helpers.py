@@ -352,3 +352,40 @@ PAPER_NET = {
 def layer_types(layer):
     """The types of the layers of `layer`'s localization net."""
     return [type(sub).__name__ for sub in layer.localization.layers]
+
+
+# Every mode of each rank at each of its output sizes ("down", and for images "up").
+ranks_modes_and_shapes = per_rank(
+    ("interpolation", "shape"),
+    lambda rank: [(mode, shape) for mode in interpolations(rank) for shape in OUT_SIZES[rank]],
+)
+
+# The torch backend samples with PyTorch's kernel or the portable sampler; the others have one.
+SAMPLERS = ["native", "portable"] if BACKEND == "torch" else ["portable"]
+samplers = pytest.mark.parametrize("sampler", SAMPLERS)
+
+
+def using(sampler):
+    """The block samples with `sampler` ("native" or "portable")."""
+    from keras_stn.ops._backend import torch_kernel
+
+    return torch_kernel.switched(sampler == "native")
+
+
+# The built-in 2-D transforms: names, classes and parameter counts.
+AFFINE_NAMES = ["affine", "attention", "translation", "similarity"]
+TRANSFORM_NAMES = [*AFFINE_NAMES, "projective", "tps"]
+NUM_PARAMS = {"affine": 6, "attention": 3, "translation": 2, "similarity": 4, "projective": 8, "tps": 18}
+
+
+def transform_classes():
+    from keras_stn import transforms
+
+    return {
+        "affine": transforms.Affine,
+        "attention": transforms.Attention,
+        "translation": transforms.Translation,
+        "similarity": transforms.Similarity,
+        "projective": transforms.Projective,
+        "tps": transforms.ThinPlateSpline,
+    }

@@ -27,16 +27,12 @@ from helpers import (
     per_rank,
     random_images,
     random_theta,
+    ranks_modes_and_shapes,
     sample_np,
     to_numpy,
 )
 from keras_stn.ops import affine_grid, affine_sample
 from reference import affine_grid_ref, grid_sample_ref, torch_reference
-
-ranks_modes_and_shapes = per_rank(
-    ("interpolation", "shape"),
-    lambda rank: [(mode, shape) for mode in interpolations(rank) for shape in OUT_SIZES[rank]],
-)
 
 
 @ranks_modes_and_shapes

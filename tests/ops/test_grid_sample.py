@@ -32,22 +32,15 @@ from helpers import (
     exact_positions_grid,
     identity_theta,
     input_shape,
-    interpolations,
-    per_rank,
     random_grid,
     random_images,
     random_theta,
+    ranks_modes_and_shapes,
     sample_np,
     to_numpy,
 )
 from keras_stn.ops import affine_grid, affine_sample, grid_sample
 from reference import grid_sample_ref, torch_reference
-
-# Every mode of each rank at each of its output sizes ("down", and for images "up").
-ranks_modes_and_shapes = per_rank(
-    ("interpolation", "shape"),
-    lambda rank: [(mode, shape) for mode in interpolations(rank) for shape in OUT_SIZES[rank]],
-)
 
 
 @ranks_modes_and_shapes

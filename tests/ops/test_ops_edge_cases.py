@@ -28,19 +28,13 @@ from helpers import (
     random_images,
     random_theta,
     sample_np,
+    samplers,
     to_numpy,
+    using,
     value_and_grad,
 )
 from keras_stn.ops import affine_grid, affine_sample, grid_sample, sampling
-from keras_stn.ops._backend import torch_kernel as native
 from reference import affine_grid_ref, grid_sample_ref, torch_reference
-
-SAMPLERS = ["native", "portable"] if BACKEND == "torch" else ["portable"]
-samplers = pytest.mark.parametrize("sampler", SAMPLERS)
-
-
-def using(sampler):
-    return native.switched(sampler == "native")
 
 
 def sampled_loss(weights, interpolation, padding_mode, align_corners):

@@ -18,7 +18,6 @@ import pytest
 from keras import ops
 
 from helpers import (
-    BACKEND,
     EXACT_SIZES,
     IN_SIZES,
     all_modes,
@@ -34,24 +33,19 @@ from helpers import (
     random_grid,
     random_images,
     random_theta,
+    samplers,
     to_numpy,
+    using,
     value_and_grad,
 )
 from keras_stn.ops import affine_grid, affine_sample, grid_sample, tps_grid
-from keras_stn.ops._backend import torch_kernel as native
 from reference import torch_reference
 
-SAMPLERS = ["native", "portable"] if BACKEND == "torch" else ["portable"]
-samplers = pytest.mark.parametrize("sampler", SAMPLERS)
 TESTS = Path(__file__).resolve().parents[1]
 TPS_SHAPE = (16, 12, 2)
 
 # The smooth modes (nearest has no gradient with respect to the coordinates).
 ranks_and_smooth_modes = per_rank("interpolation", lambda rank: [m for m in interpolations(rank) if m != "nearest"])
-
-
-def using(sampler):
-    return native.switched(sampler == "native")
 
 
 def sampled_loss(weights, interpolation, padding_mode, align_corners):

@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 
 import keras_stn
-from helpers import to_numpy
+from helpers import AFFINE_NAMES, NUM_PARAMS, to_numpy
 from keras_stn import transforms
 from keras_stn._checks import sampling_options
 from reference import affine_grid_3d_ref
 
-AFFINE_NAMES = ["affine", "attention", "translation", "similarity"]
-NUM_PARAMS = {"affine": 6, "attention": 3, "translation": 2, "similarity": 4}
 IDENTITY_THETA = np.array([[1, 0, 0], [0, 1, 0]], "float32")
 OUT_3D = (3, 4, 5)
 

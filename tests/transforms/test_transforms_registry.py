@@ -8,20 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import to_numpy
+from helpers import NUM_PARAMS, TRANSFORM_NAMES, to_numpy, transform_classes
 from keras_stn import transforms
 
-AFFINE_NAMES = ["affine", "attention", "translation", "similarity"]
-NAMES = [*AFFINE_NAMES, "projective", "tps"]
-CLASSES = {
-    "affine": transforms.Affine,
-    "attention": transforms.Attention,
-    "translation": transforms.Translation,
-    "similarity": transforms.Similarity,
-    "projective": transforms.Projective,
-    "tps": transforms.ThinPlateSpline,
-}
-NUM_PARAMS = {"affine": 6, "attention": 3, "translation": 2, "similarity": 4, "projective": 8, "tps": 18}
+NAMES = TRANSFORM_NAMES
+CLASSES = transform_classes()
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -8,20 +8,12 @@ import numpy as np
 import pytest
 
 import keras_stn
+from helpers import AFFINE_NAMES, NUM_PARAMS, TRANSFORM_NAMES, transform_classes
 from keras_stn import transforms
 from keras_stn.ops import tps_grid
 
-AFFINE_NAMES = ["affine", "attention", "translation", "similarity"]
-NAMES = [*AFFINE_NAMES, "projective", "tps"]
-CLASSES = {
-    "affine": transforms.Affine,
-    "attention": transforms.Attention,
-    "translation": transforms.Translation,
-    "similarity": transforms.Similarity,
-    "projective": transforms.Projective,
-    "tps": transforms.ThinPlateSpline,
-}
-NUM_PARAMS = {"affine": 6, "attention": 3, "translation": 2, "similarity": 4, "projective": 8, "tps": 18}
+NAMES = TRANSFORM_NAMES
+CLASSES = transform_classes()
 
 
 @pytest.mark.parametrize(
