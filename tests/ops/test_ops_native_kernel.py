@@ -271,6 +271,32 @@ def test_native_identity_is_exact_with_the_kernels_gradient(channels_first, rng)
 
 
 @torch_only
+def test_the_exact_identity_pass_runs_only_where_it_can_matter(monkeypatch, rng):
+    """Eager on the CPU, the pass over the output that returns an identity warp's pixels bit for
+    bit is left out when no theta of the batch is the identity (reading that costs no device
+    sync there); compiled, it is always in the graph (a branch on a value would break it), and
+    the identity stays exact."""
+    import torch
+
+    calls = []
+    kept = native.ExactWhere.apply
+    monkeypatch.setattr(native.ExactWhere, "apply", lambda *args: calls.append(1) or kept(*args))
+    images = torch.tensor(rng.random((2, 6, 5, 3)).astype("float32"))
+    warped = torch.tensor(random_theta(rng, 2, (6, 5), (6, 5), False))
+    identity = warped.clone()
+    identity[1] = torch.eye(2, 3)
+    with native.switched(True):
+        affine_sample(images, warped)
+        assert calls == []
+        assert torch.equal(affine_sample(images, identity)[1], images[1])
+        assert calls == [1]
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda x, t: affine_sample(x, t), fullgraph=True)
+        compiled(images, warped)  # traced on a batch without the identity, in one graph:
+        assert torch.equal(compiled(images, identity)[1], images[1])  # the pass is in it
+
+
+@torch_only
 def test_tps_constants_are_made_once_per_dtype_and_device():
     """On torch (eager) the spline's solver is not copied from the host on every call."""
     from keras_stn.ops import tps

@@ -15,7 +15,9 @@ kernel instead, wrapped so that the library's documented rules still hold:
 
 These rules are tensor operations, the same on every call: nothing is read back from the
 device and no Python branch depends on values, so `torch.compile(fullgraph=True)` traces the
-sampler without a graph break and a CUDA forward never waits for the device.
+sampler without a graph break and a CUDA forward never waits for the device. The one exception
+is eager CPU tensors, where reading a value back costs no device sync: there `affine_sample`
+skips its exact-identity pass over the output when no theta of the batch is the identity.
 
 This is the one dispatch point: set the environment variable `KERAS_STN_NATIVE=0` to use the
 portable sampler on the torch backend too (it is read at each call; `switched(False)` does the
@@ -156,8 +158,19 @@ def affine_sample(images, theta, size, options, work):
         # permuted channels-last view for many channels.
         identity = torch.eye(rows, rows + 1, dtype=dtype, device=theta.device)
         exact = (theta.detach() == identity).flatten(1).all(dim=1).view(-1, *([1] * (images.dim() - 1)))
-        output = ExactWhere.apply(exact, source.detach(), output)
+        if not skips_exact_pass(exact):
+            output = ExactWhere.apply(exact, source.detach(), output)
     return from_channels_first(output, data_format).to(images.dtype)
+
+
+def skips_exact_pass(exact):
+    """Whether the exact-identity pass can be left out: only for eager CPU tensors (where
+    `bool` reads no device and breaks no graph) none of which is exactly the identity. The pass
+    reads the images and the output once more, about a quarter of the large case's forward
+    (docs/performance.md); compiled or on an accelerator it always runs."""
+    if exact.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return not bool(exact.any())
 
 
 if keras.config.backend() == "torch":
