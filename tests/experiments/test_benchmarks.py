@@ -40,6 +40,20 @@ def test_sampler_benchmark_measures_each_implementation(monkeypatch, tmp_path, c
     assert all(f"{BACKEND} {name}" in table for name in expected)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="it breaks down the torch backend's native path")
+def test_native_breakdown_times_every_variant_against_the_reference(monkeypatch, capsys):
+    from benchmarks import native_breakdown
+
+    for name, value in {"BATCH": 2, "HEIGHT": 9, "WIDTH": 7}.items():
+        monkeypatch.setattr(native_breakdown, name, value)
+    monkeypatch.setattr("sys.argv", ["native_breakdown", "--repeats", "1"])
+    native_breakdown.main()
+    out = capsys.readouterr().out
+    for variant in native_breakdown.VARIANTS:
+        assert out.count(variant) == 2  # forward, then forward+backward
+    assert out.count("1.00x") >= 2  # the reference, against itself
+
+
 def test_training_step_cost_times_both_models(capsys):
     row = sampler.training_step_cost(repeats=1, batch=2)
     assert row["batch"] == 2 and row["CNN ms"] > 0 and row["ST-CNN ms"] > 0
