@@ -294,6 +294,8 @@ def test_the_exact_identity_pass_runs_only_where_it_can_matter(monkeypatch, rng)
         compiled = torch.compile(lambda x, t: affine_sample(x, t), fullgraph=True)
         compiled(images, warped)  # traced on a batch without the identity, in one graph:
         assert torch.equal(compiled(images, identity)[1], images[1])  # the pass is in it
+    # Off the CPU the flags are not read (a meta tensor has no values: reading one raises).
+    assert not native.skips_exact_pass(torch.zeros((2, 1, 1, 1), dtype=torch.bool, device="meta"))
 
 
 @torch_only

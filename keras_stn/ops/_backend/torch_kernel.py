@@ -166,8 +166,8 @@ def affine_sample(images, theta, size, options, work):
 def skips_exact_pass(exact):
     """Whether the exact-identity pass can be left out: only for eager CPU tensors (where
     `bool` reads no device and breaks no graph) none of which is exactly the identity. The pass
-    reads the images and the output once more, about a quarter of the large case's forward
-    (docs/performance.md); compiled or on an accelerator it always runs."""
+    reads the images and the output once more (what that costs: docs/performance.md); compiled
+    or on an accelerator it always runs."""
     if exact.device.type != "cpu" or torch.compiler.is_compiling():
         return False
     return not bool(exact.any())
