@@ -160,10 +160,12 @@ def test_compiled_warps_match_eager(rng):
 
 
 # --------------------------------------------------------------------------------------------
-# torch.compile, on the torch backend's default path: PyTorch's kernel
-# (keras_stn/ops/_backend/torch_kernel.py), also where KERAS_STN_NATIVE=0 selects the
-# portable sampler for the rest of the suite
+# torch.compile, on both of the torch backend's samplers: PyTorch's kernel, the default
+# (keras_stn/ops/_backend/torch_kernel.py), and the portable keras.ops sampler
+# (KERAS_STN_NATIVE=0), whichever the rest of the suite runs on
 # --------------------------------------------------------------------------------------------
+
+SAMPLERS = pytest.mark.parametrize("use_native", [True, False], ids=["native", "portable"])
 
 
 def dynamo_graph_breaks(fn, *args):
@@ -175,11 +177,13 @@ def dynamo_graph_breaks(fn, *args):
 
 
 @torch_only
+@SAMPLERS
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
-def test_no_graph_breaks_and_no_host_reads_in_the_ops(padding_mode, rng):
-    """The library's rules are tensor operations: no value read back (`.item()`, `bool()`)
-    and no warnings filter, which `torch._dynamo` would each count as a graph break (before:
-    4 in `affine_sample`)."""
+def test_no_graph_breaks_and_no_host_reads_in_the_ops(padding_mode, use_native, rng):
+    """The library's rules are tensor operations: no value read back (`.item()`, `bool()`),
+    no warnings filter and no generator, which `torch._dynamo` would each count as a graph
+    break (before: 4 in `affine_sample` on the kernel; 2 per sampler call on the portable
+    path, from the pixel-count check)."""
     import torch
 
     images = torch.tensor(rng.random((2, 6, 6, 2)).astype("float32"), requires_grad=True)
@@ -191,13 +195,14 @@ def test_no_graph_breaks_and_no_host_reads_in_the_ops(padding_mode, rng):
         grid = grid_sample(images, affine_grid(theta, (5, 4)), "nearest", padding_mode)
         return fused.sum() + unit.sum() + grid.sum()
 
-    with native.switched(True):
+    with native.switched(use_native):
         assert dynamo_graph_breaks(ops, images, theta) == (0, [])
 
 
 @torch_only
+@SAMPLERS
 @pytest.mark.parametrize("transform", ["affine", "tps"])
-def test_a_model_with_the_layer_compiles_in_one_graph(transform, rng):
+def test_a_model_with_the_layer_compiles_in_one_graph(transform, use_native, rng):
     """`torch.compile(fullgraph=True)` of a model containing the layer (before: "Attempted to
     call function marked as skipped") computes the eager forward and backward."""
     import torch
@@ -209,7 +214,7 @@ def test_a_model_with_the_layer_compiles_in_one_graph(transform, rng):
     kernel, bias = layer.head.get_weights()
     layer.head.set_weights([rng.normal(scale=0.01, size=kernel.shape).astype("float32"), bias])
     images = torch.tensor(rng.random((3, 8, 8, 2)).astype("float32"))
-    with native.switched(True):
+    with native.switched(use_native):
         assert dynamo_graph_breaks(lambda x: model(x).sum(), images) == (0, [])
 
     def forward_backward(run):
@@ -221,6 +226,6 @@ def test_a_model_with_the_layer_compiles_in_one_graph(transform, rng):
 
     torch._dynamo.reset()
     compiled = torch.compile(lambda x: model(x), fullgraph=True)
-    with native.switched(True):
+    with native.switched(use_native):
         for got, want in zip(forward_backward(compiled), forward_backward(model)):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)  # reductions in another order
