@@ -63,6 +63,21 @@ def test_ops_on_the_gpu_match_the_reference(rng, interpolation, padding_mode):
     np.testing.assert_allclose(to_numpy(out), expected, atol=2e-5)
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_the_identity_is_exact_on_the_gpu(rng, interpolation, align_corners):
+    """The identity theta returns its images bit for bit on the device too, beside a theta that
+    warps in the same batch: on an accelerator the torch kernel's exact-identity pass always
+    runs (it reads no flag back to the host), and the portable sampler is exact by its
+    arithmetic."""
+    images = rng.random((2, 9, 8, 3)).astype("float32")
+    theta = np.stack([np.eye(2, 3, dtype="float32"), random_theta(rng, 1, (9, 8), (9, 8), align_corners)[0]])
+    out = affine_sample(images, theta, None, interpolation, "zeros", align_corners)
+    assert on_device(out)
+    np.testing.assert_array_equal(to_numpy(out)[0], images[0])
+    assert not np.array_equal(to_numpy(out)[1], images[1])
+
+
 def test_gradients_on_the_gpu_match_torch_on_the_cpu(rng):
     images = rng.random((2, 9, 8, 3)).astype("float32")
     theta = random_theta(rng, 2, (9, 8), (7, 6), False)
