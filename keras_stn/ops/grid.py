@@ -27,6 +27,11 @@ def coordinate_dtype(dtype):
     return "float32" if dtype in ("float16", "bfloat16") else dtype
 
 
+# Every `ops.arange` here names its dtype: Keras's torch backend otherwise infers it with
+# `getattr(size, "dtype")`, on which torch._dynamo fails for a symbolic size (torch.compile
+# with dynamic shapes, which it turns on by itself once a spatial size changes).
+
+
 def base_coordinates(size, align_corners, dtype):
     """Normalised centres of `size` pixels along one axis, as `torch.nn.functional.affine_grid`.
 
@@ -34,7 +39,7 @@ def base_coordinates(size, align_corners, dtype):
     centres sit at -1 and +1 (denominator `size - 1`; a single pixel sits at 0), otherwise the
     extreme *edges* do (denominator `size`). `size` may be a Python int or a scalar tensor.
     """
-    i = ops.cast(ops.arange(size), dtype)
+    i = ops.cast(ops.arange(size, dtype="int32"), dtype)
     size = ops.cast(size, dtype)
     denominator = ops.maximum(size - 1, 1) if align_corners else size
     return (2 * i + 1 - size) / denominator
@@ -72,7 +77,7 @@ def affine_pixel_coordinates(theta, in_size, out_size, align_corners, dtype):
     spans_in = [ops.cast(n, dtype) - (1 if align_corners else 0) for n in reversed(in_size)]
     spans_out = [ops.cast(n, dtype) - (1 if align_corners else 0) for n in reversed(out_size)]
     denominators = [ops.maximum(s, 1) for s in spans_out]
-    positions = along_axes([ops.cast(ops.arange(n), dtype) + half for n in reversed(out_size)])
+    positions = along_axes([ops.cast(ops.arange(n, dtype="int32"), dtype) + half for n in reversed(out_size)])
 
     rows = []
     for r in range(ndim):  # row r of theta gives the input coordinate x (r = 0), y, z

@@ -201,6 +201,35 @@ def test_no_graph_breaks_and_no_host_reads_in_the_ops(padding_mode, use_native, 
 
 @torch_only
 @SAMPLERS
+def test_dynamic_shapes_compile_in_one_graph_and_match_eager(use_native, rng):
+    """`torch.compile(fullgraph=True, dynamic=True)`, with batch and spatial sizes changing from
+    call to call (torch.compile turns dynamic shapes on by itself once a size changes): the
+    sizes are symbolic there, and Keras's torch `arange` failed on a symbolic size unless told
+    its dtype (before: "Unsupported hasattr call" on the portable sampler)."""
+    import torch
+
+    def ops(images, theta, params):
+        fused = affine_sample(images, theta, None, "bilinear", "zeros")
+        resized = grid_sample(images, affine_grid(theta, (5, 4)), "bicubic", "border")
+        projective = transforms.get("projective").grid(params, (3, 6))
+        return fused.sum() + resized.sum() + projective.sum()
+
+    torch._dynamo.reset()
+    # aot_eager: the graph capture and autograd tracing of torch.compile without code generation,
+    # which is what symbolic sizes put at stake here (and a fraction of inductor's compile time).
+    compiled = torch.compile(ops, fullgraph=True, dynamic=True, backend="aot_eager")
+    with native.switched(use_native):
+        for shape in [(2, 6, 6, 2), (3, 7, 5, 2), (1, 9, 8, 1)]:
+            images = torch.tensor(random_images(rng, shape))
+            theta = torch.tensor(random_theta(rng, shape[0], shape[1:3], shape[1:3], False))
+            params = torch.tensor(np.tile(np.array([1, 0.1, 0, 0, 1, 0, 0.2, 0], "float32"), (shape[0], 1)))
+            np.testing.assert_allclose(
+                to_numpy(compiled(images, theta, params)), to_numpy(ops(images, theta, params)), rtol=1e-5
+            )
+
+
+@torch_only
+@SAMPLERS
 @pytest.mark.parametrize("transform", ["affine", "tps"])
 def test_a_model_with_the_layer_compiles_in_one_graph(transform, use_native, rng):
     """`torch.compile(fullgraph=True)` of a model containing the layer (before: "Attempted to
