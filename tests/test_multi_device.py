@@ -18,8 +18,9 @@ from helpers import BACKEND
 TIMEOUT = 300
 
 # The model and batch every case trains: the transformer (with its default localization net)
-# in front of a small classifier, one SGD step on 8 images. Defines `build_model`, `batch` and
-# `step_single_device(model)` (-> the weights after one step, as NumPy arrays).
+# in front of a small classifier, one SGD step on 8 images. Defines `build_model`, `batch`,
+# `weights_after_one_step(model)` (-> the weights after one step, as NumPy arrays) and
+# `assert_same_step`.
 COMMON = """
 import numpy as np
 import keras
@@ -54,16 +55,25 @@ def assert_same_step(got, want):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
         moved = max(moved, float(np.abs(w - start).max()))
     assert moved > 1e-3, "the step did not move the weights"
-
+"""
+# The reference every case compares with: the initial weights and those after one step on one
+# device (computed in the case's main process only, not again in torch's worker processes).
+BASELINE = """
 initial = [np.asarray(keras.ops.convert_to_numpy(w)) for w in build_model().weights]
 single = weights_after_one_step(build_model())
 """
 
 
 def run_script(body, backend, extra_env=None, tmp_path=None, preamble=""):
-    """Runs `preamble` (device set-up), `COMMON`, then `body` under `backend` in a subprocess."""
+    """Runs `preamble` (device set-up), `COMMON`, `BASELINE`, then `body` under `backend` in a subprocess."""
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", **(extra_env or {})}
-    script = textwrap.dedent(preamble) + textwrap.dedent(COMMON) + textwrap.dedent(body) + "\nprint('OK')\n"
+    script = (
+        textwrap.dedent(preamble)
+        + textwrap.dedent(COMMON)
+        + textwrap.dedent(BASELINE)
+        + textwrap.dedent(body)
+        + "\nprint('OK')\n"
+    )
     result = subprocess.run(
         [sys.executable, "-c", script],
         env=env,
