@@ -233,11 +233,9 @@ def check_pixel_count(images_shape, data_format):
     spatial = spatial_shape_of(images_shape, data_format)
     if None in spatial:
         return
-    # A loop, not math.prod over a generator: torch._dynamo breaks the graph on a generator, and
-    # int() would specialise a symbolic size.
-    count = 1
-    for size in spatial:
-        count = count * size
+    # The sizes themselves, not a generator of int(size): torch._dynamo breaks the graph on a
+    # generator, and int() would specialise a symbolic size.
+    count = math.prod(spatial)
     if count > MAX_PIXELS_PER_IMAGE:
         raise ValueError(
             f"`images` must have at most 2**31 = {MAX_PIXELS_PER_IMAGE} pixels per image for the portable "
