@@ -233,7 +233,8 @@ def test_dynamic_shapes_compile_in_one_graph_and_match_eager(use_native, rng):
 @pytest.mark.parametrize("transform", ["affine", "tps"])
 def test_a_model_with_the_layer_compiles_in_one_graph(transform, use_native, rng):
     """`torch.compile(fullgraph=True)` of a model containing the layer (before: "Attempted to
-    call function marked as skipped") computes the eager forward and backward."""
+    call function marked as skipped") computes the eager forward and backward, and with
+    dynamic shapes over batches of changing size the eager forward."""
     import torch
 
     inputs = keras.Input((8, 8, 2))
@@ -258,3 +259,12 @@ def test_a_model_with_the_layer_compiles_in_one_graph(transform, use_native, rng
     with native.switched(use_native):
         for got, want in zip(forward_backward(compiled), forward_backward(model)):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)  # reductions in another order
+
+    # A batch size that changes between calls (a dataset's last, partial batch) makes the batch
+    # symbolic: still one graph, and the eager forward (aot_eager: the capture, without codegen).
+    torch._dynamo.reset()
+    dynamic = torch.compile(lambda x: model(x), fullgraph=True, dynamic=True, backend="aot_eager")
+    with native.switched(use_native):
+        for batch in (3, 5, 1):
+            x = torch.tensor(rng.random((batch, 8, 8, 2)).astype("float32"))
+            np.testing.assert_allclose(to_numpy(dynamic(x)), to_numpy(model(x)), rtol=1e-5, atol=1e-6)

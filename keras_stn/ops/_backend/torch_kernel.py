@@ -136,10 +136,13 @@ def affine_sample(images, theta, size, options, work):
     far = torch.zeros(rows, rows + 1, dtype=dtype, device=theta.device)
     far[:, -1] = COORDINATE_BOUND
     theta = torch.where(finite, theta, far)
-    if align_corners and min(size) == 1:
-        # PyTorch's affine_grid warns on every such call that its unit-size grids changed in its
-        # 1.3; they read the centre (normalised 0), this library's convention, which grid.py's
-        # own grid computes without the warning.
+    if torch.compiler.is_compiling() or (align_corners and min(size) == 1):
+        # grid.py's own grid (the same points, to rounding) where PyTorch's affine_grid fails or
+        # warns. Compiled, its backward fails once a size is symbolic ("SymIntArrayRef expected
+        # to contain only concrete integers"), as torch.compile makes the batch size as soon as
+        # it changes between calls. With corners aligned, it warns on every call that its
+        # unit-size grids changed in its 1.3; they read the centre (normalised 0), this
+        # library's convention.
         grid = affine_grid_unchecked(theta, size, align_corners)
     else:
         # The grid does not depend on the channels; affine_grid rejects a size with none.
