@@ -22,6 +22,7 @@ validation, the test split gives the final error.
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -82,9 +83,18 @@ def data_parallel(distribute):
         return contextlib.nullcontext()
     if keras.config.backend() == "jax":
         return keras.distribution.DataParallel(devices=keras.distribution.list_devices()).scope()
+    return mirrored_strategy().scope()
+
+
+@functools.cache
+def mirrored_strategy():
+    """TensorFlow's strategy over every visible device, one per process: a second
+    `MirroredStrategy` numbers its collectives from the same keys as the first, so the next
+    arm's gradient all-reduce meets the previous arm's (another model's shapes) and aborts
+    ("Shape mismatch in the collective instance")."""
     import tensorflow as tf
 
-    return tf.distribute.MirroredStrategy().scope()
+    return tf.distribute.MirroredStrategy()
 
 
 def train_arm(arm, splits, args, mirror, callbacks=()):
