@@ -9,6 +9,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BACKEND = keras.config.backend()
 
+# Two CPU devices, for the multi-device tests (tests/test_multi_device.py) to train on in this
+# process. A framework must be told before it starts; every other test runs on the first device,
+# the default one, as it would with one.
+SIMULATED_CPU_DEVICES = 2
+if BACKEND == "jax":
+    _flag = "--xla_force_host_platform_device_count"
+    if _flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}={SIMULATED_CPU_DEVICES}".strip()
+elif BACKEND == "tensorflow":
+    import tensorflow as tf
+
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration() for _ in range(SIMULATED_CPU_DEVICES)],
+    )
+
 
 def pytest_report_header(config):
     return f"keras {keras.__version__}, backend: {BACKEND}"

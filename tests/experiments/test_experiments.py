@@ -427,7 +427,7 @@ def test_quick_run_records_runs_params_metrics_models_and_figures(tracking_dir, 
     argv = ["--quick", "--distortion", "rts", "--transforms", "none", "affine", "--seeds", "3", "5"]
     argv += ["--data", synthetic_mnist, "--cache-dir", str(tracking_dir / "cache"), "--note", "a shared machine"]
     argv += ["--results-dir", str(tracking_dir / "results"), "--experiment-name", "smoke", "--verbose", "0"]
-    argv += ["--distribute"]  # data parallel over the one CPU device: the same code path as over many
+    argv += ["--distribute"]  # data parallel over every device: the two CPUs conftest.py simulates
     parent_id, rows = study.run(distorted_mnist.parse_args(argv))
     arms = [("none", 3), ("none", 5), ("affine", 3), ("affine", 5)]
     assert [(row["transform"], row["seed"]) for row in rows] == arms
