@@ -18,6 +18,7 @@ import pytest
 from keras import ops
 
 from helpers import (
+    BACKEND,
     EXACT_SIZES,
     IN_SIZES,
     all_modes,
@@ -183,21 +184,16 @@ def test_grid_sample_ramp_gradient_at_the_corner_is_zero(sampler, padding_mode):
     np.testing.assert_array_equal(d_grid, 0)
 
 
-IDENTITY_GRADIENT_SCRIPT = """
-import json, sys
-import numpy as np
-from keras import ops
-sys.path.insert(0, {tests!r})
-from helpers import value_and_grad
-from keras_stn.ops import affine_grid, affine_sample, grid_sample, tps_grid
+def gradients_at_the_identity():
+    """Bilinear gradients at the identity theta under this process's backend, per padding mode
+    and `align_corners`: `[d_theta, d_images, d_grid]` as flat lists."""
+    rng = np.random.default_rng(8)
+    images = rng.uniform(0, 1, (2, 8, 8, 3)).astype("float32")
+    weights = ops.convert_to_tensor(rng.normal(size=(2, 8, 8, 3)).astype("float32"))
+    theta = np.tile(np.eye(2, 3, dtype="float32"), (2, 1, 1))
+    grid = {align: to_numpy(affine_grid(theta, (8, 8), align)) for align in (False, True)}
 
-rng = np.random.default_rng(8)
-images = rng.uniform(0, 1, (2, 8, 8, 3)).astype("float32")
-weights = ops.convert_to_tensor(rng.normal(size=(2, 8, 8, 3)).astype("float32"))
-theta = np.tile(np.eye(2, 3, dtype="float32"), (2, 1, 1))
-results = {{}}
-for padding_mode in ("zeros", "border", "reflection"):
-    for align_corners in (False, True):
+    def gradients(padding_mode, align_corners):
         def loss(images, theta):
             return ops.sum(affine_sample(images, theta, None, "bilinear", padding_mode, align_corners) * weights)
 
@@ -205,35 +201,42 @@ for padding_mode in ("zeros", "border", "reflection"):
             return ops.sum(grid_sample(images, grid, "bilinear", padding_mode, align_corners) * weights)
 
         _, (d_images, d_theta) = value_and_grad(loss, images, theta)
-        grid = ops.convert_to_numpy(affine_grid(theta, (8, 8), align_corners))
-        _, (d_grid,) = value_and_grad(grid_loss, grid)
-        results[f"{{padding_mode}}-{{align_corners}}"] = [g.ravel().tolist() for g in (d_theta, d_images, d_grid)]
-print(json.dumps(results))
-"""
+        _, (d_grid,) = value_and_grad(grid_loss, grid[align_corners])
+        return [g.ravel().tolist() for g in (d_theta, d_images, d_grid)]
+
+    results = {}
+    for padding_mode in ("zeros", "border", "reflection"):
+        for align_corners in (False, True):
+            results[f"{padding_mode}-{align_corners}"] = gradients(padding_mode, align_corners)
+    return results
 
 
-def identity_gradients(backend):
-    """The theta and image gradients at the identity under `backend`'s portable sampler."""
-    env = {**os.environ, "KERAS_BACKEND": backend, "KERAS_STN_NATIVE": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-c", IDENTITY_GRADIENT_SCRIPT.format(tests=str(TESTS))],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+def identity_gradients(backend, monkeypatch):
+    """`gradients_at_the_identity()` under `backend`'s portable sampler: computed here for this
+    process's backend, in a subprocess (bounded in time) for another."""
+    if backend == BACKEND:
+        with monkeypatch.context() as patch:
+            patch.setenv("KERAS_STN_NATIVE", "0")
+            return gradients_at_the_identity()
+    script = (
+        f"import json, sys; sys.path[:0] = [{str(TESTS)!r}, {str(TESTS / 'ops')!r}]\n"
+        "from test_ops_gradients import gradients_at_the_identity\n"
+        "print(json.dumps(gradients_at_the_identity()))\n"
     )
+    env = {**os.environ, "KERAS_BACKEND": backend, "KERAS_STN_NATIVE": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_affine_sample_gradients_at_the_identity_agree_across_backends():
+def test_affine_sample_gradients_at_the_identity_agree_across_backends(monkeypatch):
     """Training starts at the identity, which puts the edge pixels exactly on the border:
     the first step must be the same on every backend. Bilinear gradients with respect to the
     images and the grid are bit for bit the same; theta's, a sum over every pixel in each
     framework's own order, agree to float32 rounding (before, border padding gave tensorflow
     `[-1.26, 1.84, ...]`, jax `[0.32, ...]`)."""
-    results = {backend: identity_gradients(backend) for backend in ("jax", "tensorflow", "torch")}
+    results = {backend: identity_gradients(backend, monkeypatch) for backend in ("jax", "tensorflow", "torch")}
     reference = results.pop("jax")
     for backend, result in results.items():
         for case, (d_theta, d_images, d_grid) in result.items():
