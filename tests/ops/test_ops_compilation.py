@@ -26,6 +26,10 @@ from keras_stn.ops._backend import torch_kernel as native
 from keras_stn.ops._backend.xla import computed_once
 
 torch_only = pytest.mark.skipif(BACKEND != "torch", reason="torch.compile")
+# Under pytest-xdist's `--dist loadgroup` (tox's torch passes) these tests run on one worker, one
+# after another: two torch.compile runs at once, each compiling on every core, were slower than
+# the same runs in turn.
+pytestmark = pytest.mark.xdist_group("compilation")
 
 # The transforms' tests' image shape.
 SHAPE = (16, 12, 2)

@@ -271,6 +271,7 @@ def test_native_identity_is_exact_with_the_kernels_gradient(channels_first, rng)
 
 
 @torch_only
+@pytest.mark.xdist_group("compilation")  # with the other torch.compile tests, on one worker
 def test_the_exact_identity_pass_runs_only_where_it_can_matter(monkeypatch, rng):
     """Eager on the CPU, the pass over the output that returns an identity warp's pixels bit for
     bit is left out when no theta of the batch is the identity (reading that costs no device
