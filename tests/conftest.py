@@ -5,6 +5,8 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import SIMULATED_CPU_DEVICES
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BACKEND = keras.config.backend()
@@ -12,7 +14,6 @@ BACKEND = keras.config.backend()
 # Two CPU devices, for the multi-device tests (tests/test_multi_device.py) to train on in this
 # process. A framework must be told before it starts; every other test runs on the first device,
 # the default one, as it would with one.
-SIMULATED_CPU_DEVICES = 2
 if BACKEND == "jax":
     _flag = "--xla_force_host_platform_device_count"
     if _flag not in os.environ.get("XLA_FLAGS", ""):

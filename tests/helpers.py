@@ -9,6 +9,9 @@ import pytest
 from reference import affine_grid_ref
 
 BACKEND = keras.config.backend()
+# The CPU devices conftest.py simulates (before the framework starts), which
+# tests/test_multi_device.py trains on.
+SIMULATED_CPU_DEVICES = 2
 
 
 def to_numpy(x):

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import keras_stn
-from helpers import BACKEND
+from helpers import BACKEND, SIMULATED_CPU_DEVICES
 
-DEVICES = 2
+DEVICES = SIMULATED_CPU_DEVICES
 TIMEOUT_S = 120  # for torch's ranks: a rank that hangs dumps its stack and exits by then
 jax_only = pytest.mark.skipif(BACKEND != "jax", reason="a JAX recipe")
 tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="a TensorFlow recipe")

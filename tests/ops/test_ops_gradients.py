@@ -211,12 +211,11 @@ def gradients_at_the_identity():
     return results
 
 
-def identity_gradients(backend, monkeypatch):
+def identity_gradients(backend):
     """`gradients_at_the_identity()` under `backend`'s portable sampler: computed here for this
     process's backend, in a subprocess (bounded in time) for another."""
     if backend == BACKEND:
-        with monkeypatch.context() as patch:
-            patch.setenv("KERAS_STN_NATIVE", "0")
+        with using("portable"):
             return gradients_at_the_identity()
     script = (
         f"import json, sys; sys.path[:0] = [{str(TESTS)!r}, {str(TESTS / 'ops')!r}]\n"
@@ -230,13 +229,13 @@ def identity_gradients(backend, monkeypatch):
 
 
 @pytest.mark.slow
-def test_affine_sample_gradients_at_the_identity_agree_across_backends(monkeypatch):
+def test_affine_sample_gradients_at_the_identity_agree_across_backends():
     """Training starts at the identity, which puts the edge pixels exactly on the border:
     the first step must be the same on every backend. Bilinear gradients with respect to the
     images and the grid are bit for bit the same; theta's, a sum over every pixel in each
     framework's own order, agree to float32 rounding (before, border padding gave tensorflow
     `[-1.26, 1.84, ...]`, jax `[0.32, ...]`)."""
-    results = {backend: identity_gradients(backend, monkeypatch) for backend in ("jax", "tensorflow", "torch")}
+    results = {backend: identity_gradients(backend) for backend in ("jax", "tensorflow", "torch")}
     reference = results.pop("jax")
     for backend, result in results.items():
         for case, (d_theta, d_images, d_grid) in result.items():
